@@ -1,0 +1,91 @@
+"""Timing and reporting shared by every benchmark.
+
+Timing follows ../shared/PERFORMANCE.md: median of 30 CUDA-event-timed calls after warm-up,
+each call timed from the host (the GPU idles before each call, so Python launch overhead counts,
+as for a serving engine without CUDA graphs). `time_graph` times replays of a captured graph.
+Correctness is checked by the caller before anything is timed.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Optional
+
+import torch
+
+# Measured on the project's H100 (../shared/PERFORMANCE.md, 2026-11-23); each run also measures
+# its own copy ceiling (copy_ceiling_gbs) and reports against both.
+H100_COPY_GBS = 2982.0
+H100_BF16_TFLOPS = 779.0
+
+
+def time_host(fn: Callable[[], object], reps: int = 30, warmup: int = 5) -> float:
+    """Median seconds of `reps` calls, each started from an idle GPU."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    return statistics.median(times)
+
+
+def time_graph(fn: Callable[[], object], reps: int = 30, calls_per_graph: int = 10) -> Optional[float]:
+    """Median seconds per call inside a CUDA graph of `calls_per_graph` calls; None if capture fails."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(calls_per_graph):
+                fn()
+    except Exception as e:  # a kernel that syncs or allocates cannot be captured: report, not crash
+        print(f"  (graph capture failed: {type(e).__name__}: {e})")
+        return None
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / calls_per_graph)
+    return statistics.median(times)
+
+
+def copy_ceiling_gbs(nbytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth, bytes read + written, measured now."""
+    a = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    t = time_host(lambda: b.copy_(a), reps=10, warmup=3)
+    return 2 * a.numel() / t / 1e9
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| (NaN anywhere -> inf)."""
+    out, ref = out.float(), ref.float()
+    if torch.isnan(out).any():
+        return float("inf")
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table of `rows` (dicts), in `columns` order."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3g}"
+        return "" if v is None else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

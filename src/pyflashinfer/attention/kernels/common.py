@@ -1,0 +1,61 @@
+"""Device helpers shared by the attention kernels (module level: the interpreter resolves
+jit helpers only through module globals)."""
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+
+@triton.jit
+def tanh(x):
+    # tanh from exp2: no libdevice (the CPU interpreter has none); saturates cleanly at +-1.
+    e = tl.exp2(x * (2.0 * LOG2E))
+    return 1.0 - 2.0 / (e + 1.0)
+
+
+@triton.jit
+def load_rope(row_ptrs, offs_d, mask, pos, HEAD_DIM: tl.constexpr, rope_rcp_scale, rope_log2_theta):
+    """Load rows [R, BLOCK_D] and apply Llama (rotate-half) RoPE at positions pos [R], in fp32.
+
+    out[d] = x[d] cos(pos f_i) - x[d + D/2] sin(pos f_i)       (d <  D/2, i = d)
+    out[d] = x[d] cos(pos f_i) + x[d - D/2] sin(pos f_i)       (d >= D/2, i = d - D/2)
+    f_i = rope_rcp_scale * theta^(-2i/D)
+    """
+    HALF: tl.constexpr = HEAD_DIM // 2
+    x = tl.load(row_ptrs + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    first = offs_d < HALF
+    offs_rot = tl.where(first, offs_d + HALF, offs_d - HALF)
+    x_rot = tl.load(row_ptrs + offs_rot[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_rot = tl.where(first[None, :], -x_rot, x_rot)
+    idx = tl.where(first, offs_d, offs_d - HALF).to(tl.float32)
+    inv_freq = rope_rcp_scale * tl.exp2(idx * (-2.0 / HEAD_DIM) * rope_log2_theta)
+    angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]
+    return x * tl.cos(angle) + x_rot * tl.sin(angle)
+
+
+@triton.jit
+def logits_log2(qk, sm_scale, soft_cap, slopes, rel_pos, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """Raw q.k (fp32) -> logits in log2 units: scale, ALiBi bias, soft cap, then * log2(e).
+
+    slopes [R] and rel_pos [R, N] (key position - query position) matter only with HAS_ALIBI.
+    """
+    if HAS_SOFTCAP or HAS_ALIBI:
+        s = qk * sm_scale
+        if HAS_ALIBI:
+            s += slopes[:, None] * rel_pos.to(tl.float32)
+        if HAS_SOFTCAP:
+            s = soft_cap * tanh(s / soft_cap)
+        return s * LOG2E
+    else:
+        return qk * (sm_scale * LOG2E)
+
+
+@triton.jit
+def finalize(acc, m_i, l_i, v_scale):
+    """Normalise the online-softmax state: out = acc / l * v_scale (0 for fully masked rows),
+    lse = m + log2(l) in base 2 (-inf for fully masked rows)."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc * (v_scale / l_safe)[:, None]
+    lse = tl.where(empty, float("-inf"), m_i + tl.log2(l_safe))
+    return out, lse

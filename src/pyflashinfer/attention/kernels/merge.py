@@ -1,0 +1,48 @@
+"""Merge attention states (partial outputs with base-2 LSEs) over a split axis.
+
+    lse = log2(sum_s 2^lse_s),   o = sum_s 2^(lse_s - lse) o_s
+All splits fully masked -> o = 0, lse = -inf. One program per (row, head).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["num_splits", "num_heads"])
+def merge_states_kernel(
+    v_ptr, s_ptr, o_ptr, lse_ptr,
+    stride_vs, stride_vn, stride_vh, stride_ss, stride_sn, stride_sh,
+    stride_on, stride_oh, stride_ln, stride_lh,
+    num_splits, num_heads,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_LSE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = (pid // num_heads).to(tl.int64)
+    h = pid % num_heads
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+
+    s_row = s_ptr + n * stride_sn + h * stride_sh + tl.zeros([1], dtype=tl.int32)
+    v_row = v_ptr + n * stride_vn + h * stride_vh + offs_d
+
+    m = tl.full([1], float("-inf"), dtype=tl.float32)
+    s_ptrs = s_row
+    for _ in range(0, num_splits):
+        m = tl.maximum(m, tl.load(s_ptrs))
+        s_ptrs += stride_ss
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    l = tl.zeros([1], dtype=tl.float32)
+    s_ptrs = s_row
+    v_ptrs = v_row
+    for _ in range(0, num_splits):
+        w = tl.exp2(tl.load(s_ptrs) - m_safe)
+        acc += w * tl.load(v_ptrs, mask=mask_d, other=0.0).to(tl.float32)
+        l += w
+        s_ptrs += stride_ss
+        v_ptrs += stride_vs
+    empty = l == 0.0
+    l_safe = tl.where(empty, 1.0, l)
+    tl.store(o_ptr + n * stride_on + h * stride_oh + offs_d, (acc / l_safe).to(o_ptr.dtype.element_ty), mask=mask_d)
+    if WRITE_LSE:
+        lse = tl.where(empty, float("-inf"), m + tl.log2(l_safe))
+        tl.store(lse_ptr + n * stride_ln + h * stride_lh + tl.zeros([1], dtype=tl.int32), lse)

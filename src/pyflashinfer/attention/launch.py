@@ -1,0 +1,184 @@
+"""Host-side launchers for the attention kernels: tile tables, KV split, workspace, merge.
+
+The public entry points (single.py, and the batch wrappers built on them) validate their
+inputs and call these with NHD-strided views: q [qo_len, H_qo, D_qk], k [kv_len, H_kv, D_qk],
+v [kv_len, H_kv, D_vo] (an HND tensor arrives as a transposed view, never copied).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+
+from .._launch import empty_output, launch
+from ..utils import is_interpreting, num_sms
+from .kernels.decode import decode_fwd_kernel
+from .kernels.merge import merge_states_kernel
+from .kernels.prefill import attention_fwd_kernel
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What shapes the logits: everything but the tensors. Built once per call (or per plan)."""
+
+    sm_scale: float                 # includes q_scale * k_scale
+    v_scale: float = 1.0
+    causal: bool = False
+    window_left: int = -1           # inclusive; -1 = off
+    soft_cap: float = 0.0           # 0 = off
+    use_rope: bool = False
+    rope_scale: float = 1.0
+    rope_theta: float = 1e4
+    use_alibi: bool = False
+
+    def kernel_args(self) -> dict:
+        return dict(
+            sm_scale=self.sm_scale, soft_cap=self.soft_cap or 1.0, window_left=self.window_left,
+            rope_rcp_scale=1.0 / self.rope_scale, rope_log2_theta=math.log2(self.rope_theta),
+            v_scale=self.v_scale, HAS_WINDOW=self.window_left >= 0, HAS_SOFTCAP=self.soft_cap > 0,
+            HAS_ALIBI=self.use_alibi, USE_ROPE=self.use_rope,
+        )
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+# Tensor-core path on sm_90, by padded head dim. Starting points from Triton's fused-attention
+# tutorial shapes (BLOCK_M 128 x BLOCK_N 64, 8 warps for d128); see benchmarks/RESULTS.md for
+# what they reach. d256 halves BLOCK_M to stay inside registers.
+_PREFILL_TILES = {64: TileConfig(128, 64, 4, 3), 128: TileConfig(128, 64, 8, 3),
+                  256: TileConfig(64, 64, 8, 2)}
+_INTERP_TILE = TileConfig(64, 64, 4, 1)  # the interpreter's cost is per program and step
+
+
+def prefill_tile(block_d: int, rows: int) -> TileConfig:
+    cfg = _INTERP_TILE if is_interpreting() else _PREFILL_TILES[max(64, block_d)]
+    block_m = min(cfg.block_m, _pow2(rows))
+    return TileConfig(block_m, cfg.block_n, cfg.num_warps if block_m >= 64 else 4, cfg.num_stages)
+
+
+def decode_tile(block_g: int, block_d: int) -> TileConfig:
+    if is_interpreting():
+        return TileConfig(block_g, 64, 4, 1)
+    # The [G, N, D] product lives in registers: keep G*N*D near 8K fp32 per 4-warp program.
+    block_n = max(16, min(64, 8192 // (block_g * block_d)))
+    return TileConfig(block_g, block_n, 4, 2)
+
+
+def kv_split(num_programs: int, kv_len: int, block_n: int, device: torch.device) -> tuple[int, int]:
+    """(num_splits, kv_chunk): split long KV so that about two waves of programs fill the SMs."""
+    min_chunk = 4 * block_n if is_interpreting() else max(256, 4 * block_n)
+    target = 2 * num_sms(device)
+    if num_programs >= target or kv_len <= min_chunk:
+        return 1, max(kv_len, 1)
+    splits = min(triton.cdiv(target, num_programs), triton.cdiv(kv_len, min_chunk))
+    chunk = triton.cdiv(triton.cdiv(kv_len, splits), block_n) * block_n
+    return triton.cdiv(kv_len, chunk), chunk
+
+
+def _strides3(t: torch.Tensor) -> tuple[int, int]:
+    return t.stride(0), t.stride(1)
+
+
+def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Tensor,
+                      lse: Optional[torch.Tensor]) -> None:
+    """v_part [S, N, H, D] fp32, s_part [S, N, H] -> out [N, H, D] (any float dtype), lse [N, H]."""
+    num_splits, n, h, d = v_part.shape
+    if n * h == 0:
+        return
+    launch(
+        merge_states_kernel, (n * h,), num_warps=1 if d <= 64 else 2, num_stages=1,
+        v_ptr=v_part, s_ptr=s_part, o_ptr=out, lse_ptr=lse,
+        stride_vs=v_part.stride(0), stride_vn=v_part.stride(1), stride_vh=v_part.stride(2),
+        stride_ss=s_part.stride(0), stride_sn=s_part.stride(1), stride_sh=s_part.stride(2),
+        stride_on=out.stride(0), stride_oh=out.stride(1),
+        stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
+        num_splits=num_splits, num_heads=h, HEAD_DIM=d, BLOCK_D=_pow2(d), WRITE_LSE=lse is not None,
+    )
+
+
+def _outputs(out, lse, num_splits, qo_len, num_qo_heads, head_dim_vo, device):
+    """Where the kernel writes: the user's out/lse, or a fp32 split workspace to merge."""
+    if num_splits == 1:
+        return out, lse, (0, 0)
+    o_part = empty_output(num_splits, qo_len, num_qo_heads, head_dim_vo, dtype=torch.float32, device=device)
+    s_part = empty_output(num_splits, qo_len, num_qo_heads, dtype=torch.float32, device=device)
+    return o_part, s_part, (o_part.stride(0), s_part.stride(0))
+
+
+def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alibi_slopes=None,
+                  num_splits: Optional[int] = None) -> None:
+    """Tensor-core attention of one request. out [qo_len, H_qo, D_vo]; lse [qo_len, H_qo] or None."""
+    qo_len, num_qo_heads, d_qk = q.shape
+    kv_len, num_kv_heads, d_vo = v.shape
+    if qo_len == 0:
+        return
+    group = num_qo_heads // num_kv_heads
+    block_dqk, block_dvo = _pow2(d_qk), _pow2(d_vo)
+    tile = prefill_tile(max(block_dqk, block_dvo), qo_len * group)
+    m_tiles = triton.cdiv(qo_len * group, tile.block_m)
+    if num_splits is None:
+        num_splits, chunk = kv_split(m_tiles * num_kv_heads, kv_len, tile.block_n, q.device)
+    else:
+        chunk = triton.cdiv(triton.cdiv(max(kv_len, 1), num_splits), tile.block_n) * tile.block_n
+        num_splits = triton.cdiv(max(kv_len, 1), chunk)
+    o_buf, l_buf, (stride_os, stride_ls) = _outputs(out, lse, num_splits, qo_len, num_qo_heads, d_vo, q.device)
+    launch(
+        attention_fwd_kernel, (m_tiles, num_kv_heads, num_splits),
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o_buf, lse_ptr=l_buf, mask_ptr=packed_mask, alibi_ptr=alibi_slopes,
+        stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kn=k.stride(0), stride_kh=k.stride(1),
+        stride_vn=v.stride(0), stride_vh=v.stride(1),
+        stride_os=stride_os, stride_on=o_buf.stride(-3), stride_oh=o_buf.stride(-2),
+        stride_ls=stride_ls, stride_ln=l_buf.stride(-2) if l_buf is not None else 0,
+        stride_lh=l_buf.stride(-1) if l_buf is not None else 0,
+        qo_len=qo_len, kv_len=kv_len, group_size=group, kv_chunk=chunk,
+        HEAD_DIM_QK=d_qk, HEAD_DIM_VO=d_vo, BLOCK_DQK=block_dqk, BLOCK_DVO=block_dvo,
+        BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+        IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
+        WRITE_LSE=l_buf is not None, **variant.kernel_args(),
+    )
+    if num_splits > 1:
+        merge_states_into(o_buf, l_buf, out, lse)
+
+
+def decode_fwd(q, k, v, out, lse, variant: Variant, *, alibi_slopes=None,
+               num_splits: Optional[int] = None) -> None:
+    """CUDA-core attention of one query token. q [H_qo, D_qk], out [H_qo, D_vo], lse [H_qo] or None."""
+    num_qo_heads, d_qk = q.shape
+    kv_len, num_kv_heads, d_vo = v.shape
+    group = num_qo_heads // num_kv_heads
+    block_dqk, block_dvo = _pow2(d_qk), _pow2(d_vo)
+    tile = decode_tile(triton.next_power_of_2(group), max(block_dqk, block_dvo))
+    if num_splits is None:
+        num_splits, chunk = kv_split(num_kv_heads, kv_len, tile.block_n, q.device)
+    else:
+        chunk = triton.cdiv(triton.cdiv(max(kv_len, 1), num_splits), tile.block_n) * tile.block_n
+        num_splits = triton.cdiv(max(kv_len, 1), chunk)
+    o_buf, l_buf, (stride_os, stride_ls) = _outputs(out[None], None if lse is None else lse[None],
+                                                   num_splits, 1, num_qo_heads, d_vo, q.device)
+    launch(
+        decode_fwd_kernel, (num_kv_heads, num_splits), num_warps=tile.num_warps, num_stages=tile.num_stages,
+        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o_buf, lse_ptr=l_buf, alibi_ptr=alibi_slopes,
+        stride_qh=q.stride(0), stride_kn=k.stride(0), stride_kh=k.stride(1),
+        stride_vn=v.stride(0), stride_vh=v.stride(1),
+        stride_os=stride_os, stride_oh=o_buf.stride(-2), stride_ls=stride_ls,
+        stride_lh=l_buf.stride(-1) if l_buf is not None else 0,
+        kv_len=kv_len, group_size=group, kv_chunk=chunk,
+        HEAD_DIM_QK=d_qk, HEAD_DIM_VO=d_vo, BLOCK_DQK=block_dqk, BLOCK_DVO=block_dvo,
+        BLOCK_G=tile.block_m, BLOCK_N=tile.block_n, WRITE_LSE=l_buf is not None, **variant.kernel_args(),
+    )
+    if num_splits > 1:
+        merge_states_into(o_buf, l_buf, out[None], None if lse is None else lse[None])

@@ -1,0 +1,196 @@
+"""Single-request attention: `single_decode_with_kv_cache`, `single_prefill_with_kv_cache`.
+
+Semantics follow FlashInfer: LSE in base 2, causal aligned bottom-right, inclusive
+`window_left`, `q_scale`/`k_scale` folded into `sm_scale`, `v_scale` applied to the output.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .. import _validate as V
+from ..utils import PosEncodingMode, get_alibi_slopes
+from .._launch import empty_output
+from .launch import Variant, attention_fwd, decode_fwd
+from .masks import pack_custom_mask
+
+_BACKENDS = ("auto", "fa2", "fa3")
+
+
+def _kv_views(k: torch.Tensor, v: torch.Tensor, kv_layout: str):
+    """NHD-strided views of k/v ([kv_len, H_kv, D]); HND input is transposed, not copied."""
+    V.check_kv_layout(kv_layout)
+    V.check_tensor("k", k, 3)
+    V.check_tensor("v", v, 3)
+    if kv_layout == "HND":
+        k, v = k.transpose(0, 1), v.transpose(0, 1)
+    if k.shape[:2] != v.shape[:2]:
+        raise ValueError(f"k and v must agree on (kv_len, num_kv_heads) in layout {kv_layout}, "
+                         f"got k {tuple(k.shape)} and v {tuple(v.shape)} (as NHD)")
+    return k, v
+
+
+def _check_qkv(q, k, v, q_dtypes=V.FLOAT16_TYPES):
+    V.check_dtype("q", q, q_dtypes)
+    V.check_dtype("k", k, V.KV_TYPES)
+    if v.dtype != k.dtype:
+        raise TypeError(f"v: expected the dtype of k ({k.dtype}), got {v.dtype}")
+    if k.dtype in V.FLOAT16_TYPES and k.dtype != q.dtype:
+        raise TypeError(f"k/v: a 16-bit KV cache must match q's dtype ({q.dtype}), got {k.dtype}; "
+                        "fp8 KV (float8_e4m3fn/float8_e5m2) may pair with either")
+    device = V.check_device(q=q, k=k, v=v)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        V.check_last_dim_contiguous(name, t)
+    num_qo_heads, num_kv_heads = q.shape[-2], k.shape[1]
+    V.check_heads(num_qo_heads, num_kv_heads)
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"head_dim of q ({q.shape[-1]}) and k ({k.shape[-1]}) must match")
+    V.check_head_dim("q/k head_dim", q.shape[-1])
+    V.check_head_dim("v head_dim", v.shape[-1])
+    return device
+
+
+def _variant(head_dim, *, pos_encoding_mode, sm_scale, q_scale, k_scale, v_scale, causal,
+             window_left, logits_soft_cap, rope_scale, rope_theta) -> Variant:
+    mode = V.check_pos_encoding_mode(pos_encoding_mode)
+    V.check_window_left(window_left)
+    cap = V.check_soft_cap(logits_soft_cap)
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+    if mode == PosEncodingMode.ROPE_LLAMA and head_dim % 2:
+        raise ValueError(f"ROPE_LLAMA needs an even head_dim, got {head_dim}")
+    return Variant(
+        sm_scale=float(sm_scale) * (1.0 if q_scale is None else float(q_scale)) * (1.0 if k_scale is None else float(k_scale)),
+        v_scale=1.0 if v_scale is None else float(v_scale), causal=bool(causal), window_left=window_left,
+        soft_cap=cap, use_rope=mode == PosEncodingMode.ROPE_LLAMA,
+        rope_scale=1.0 if rope_scale is None else float(rope_scale),
+        rope_theta=1e4 if rope_theta is None else float(rope_theta), use_alibi=mode == PosEncodingMode.ALIBI,
+    )
+
+
+def _alibi(variant: Variant, num_qo_heads: int, device) -> Optional[torch.Tensor]:
+    return get_alibi_slopes(num_qo_heads).to(device) if variant.use_alibi else None
+
+
+def single_decode_with_kv_cache(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layout: str = "NHD",
+    pos_encoding_mode: str = "NONE", use_tensor_cores: bool = False, q_scale: Optional[float] = None,
+    k_scale: Optional[float] = None, v_scale: Optional[float] = None, window_left: int = -1,
+    logits_soft_cap: Optional[float] = None, sm_scale: Optional[float] = None,
+    rope_scale: Optional[float] = None, rope_theta: Optional[float] = None, return_lse: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    r"""Attention of one query token over one request's KV cache.
+
+    ``o[h] = softmax(sm_scale * q[h] . K[h // g]^T) V[h // g]`` with ``g = H_qo / H_kv`` (GQA).
+
+    Args:
+        q: ``[H_qo, D]`` fp16/bf16 (the query at position ``kv_len - 1``).
+        k: ``[kv_len, H_kv, D]`` (NHD) or ``[H_kv, kv_len, D]`` (HND); fp16/bf16 (same as q) or fp8.
+        v: like ``k``, with head dim ``D_vo``.
+        kv_layout: ``"NHD"`` or ``"HND"``.
+        pos_encoding_mode: ``"NONE"``, ``"ROPE_LLAMA"`` (RoPE applied in-kernel to q and k) or ``"ALIBI"``.
+        use_tensor_cores: run the query group through the tensor-core (tl.dot) kernel.
+        q_scale, k_scale: folded into ``sm_scale``; v_scale: multiplies the output.
+        window_left: keys at positions ``>= kv_len - 1 - window_left`` are kept; -1 keeps all.
+        logits_soft_cap: ``cap * tanh(logits / cap)`` on the scaled logits; None/0 is off.
+        sm_scale: default ``1 / sqrt(D)``. rope_scale/rope_theta: default 1 and 1e4.
+        return_lse: also return the base-2 log-sum-exp, fp32 ``[H_qo]``.
+
+    Returns:
+        ``o [H_qo, D_vo]`` in q's dtype, and ``lse`` when asked.
+
+    Example::
+
+        o = single_decode_with_kv_cache(q, k_cache, v_cache, use_tensor_cores=True)
+    """
+    V.check_tensor("q", q, 2)
+    k, v = _kv_views(k, v, kv_layout)
+    _check_qkv(q, k, v)
+    variant = _variant(q.shape[-1], pos_encoding_mode=pos_encoding_mode, sm_scale=sm_scale,
+                       q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, causal=False,
+                       window_left=window_left, logits_soft_cap=logits_soft_cap,
+                       rope_scale=rope_scale, rope_theta=rope_theta)
+    num_qo_heads = q.shape[0]
+    out = empty_output(num_qo_heads, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = empty_output(num_qo_heads, dtype=torch.float32, device=q.device) if return_lse else None
+    alibi = _alibi(variant, num_qo_heads, q.device)
+    if use_tensor_cores:
+        attention_fwd(q[None], k, v, out[None], None if lse is None else lse[None], variant, alibi_slopes=alibi)
+    else:
+        decode_fwd(q, k, v, out, lse, variant, alibi_slopes=alibi)
+    return (out, lse) if return_lse else out
+
+
+def single_prefill_with_kv_cache(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale_q: Optional[torch.Tensor] = None,
+    scale_k: Optional[torch.Tensor] = None, scale_v: Optional[torch.Tensor] = None,
+    o_dtype: Optional[torch.dtype] = None, custom_mask: Optional[torch.Tensor] = None,
+    packed_custom_mask: Optional[torch.Tensor] = None, causal: bool = False, kv_layout: str = "NHD",
+    pos_encoding_mode: str = "NONE", use_fp16_qk_reduction: bool = False, sm_scale: Optional[float] = None,
+    window_left: int = -1, logits_soft_cap: Optional[float] = None, rope_scale: Optional[float] = None,
+    rope_theta: Optional[float] = None, backend: str = "auto", return_lse: bool = False,
+    kv_cache_sf: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, k_scale: Optional[float] = None,
+    v_scale: Optional[float] = None,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    r"""Attention of one request's queries over its KV: prefill, chunked prefill, append.
+
+    ``o = softmax(mask(sm_scale * Q K^T)) V`` per qo head, GQA by ``h // (H_qo / H_kv)``.
+
+    Causal is aligned bottom-right: query ``i`` sits at position ``kv_len - qo_len + i`` and sees
+    keys ``j <= kv_len - qo_len + i``. With qo_len=3, kv_len=5 (``x`` kept)::
+
+        q0  x x x . .
+        q1  x x x x .
+        q2  x x x x x
+
+    Args:
+        q: ``[qo_len, H_qo, D_qk]`` fp16/bf16 (strided views accepted; last dim contiguous).
+        k: ``[kv_len, H_kv, D_qk]`` (NHD) or ``[H_kv, kv_len, D_qk]`` (HND); fp16/bf16 or fp8.
+        v: ``[kv_len, H_kv, D_vo]`` (NHD) or ``[H_kv, kv_len, D_vo]`` (HND), k's dtype.
+        custom_mask: bool ``[qo_len, kv_len]`` (True = keep); takes precedence over ``causal``.
+        packed_custom_mask: uint8, ``custom_mask.flatten()`` packed little-endian (``packbits``).
+        causal, window_left (inclusive, -1 off), logits_soft_cap, sm_scale, pos_encoding_mode,
+        rope_scale, rope_theta: as in :func:`single_decode_with_kv_cache`.
+        o_dtype: output dtype (default q's dtype).
+        k_scale, v_scale: fp8 dequantisation scales (k folded into sm_scale, v on the output).
+        scale_q/scale_k/scale_v, kv_cache_sf: fp8-q and NVFP4 paths, not supported yet.
+        use_fp16_qk_reduction, backend: accepted for compatibility; QK is always reduced in fp32.
+        return_lse: also return the base-2 LSE, fp32 ``[qo_len, H_qo]``.
+
+    Returns:
+        ``o [qo_len, H_qo, D_vo]`` (and ``lse``).
+
+    Example::
+
+        o = single_prefill_with_kv_cache(q, k, v, causal=True)
+    """
+    V.check_tensor("q", q, 3)
+    k, v = _kv_views(k, v, kv_layout)
+    if scale_q is not None or scale_k is not None or scale_v is not None or q.dtype in V.FP8_TYPES:
+        raise NotImplementedError("fp8 q/k/v with per-head scale_q/scale_k/scale_v is not supported yet; "
+                                  "pass fp16/bf16 q with an fp8 KV cache and k_scale/v_scale instead")
+    if kv_cache_sf is not None:
+        raise NotImplementedError("kv_cache_sf (NVFP4 KV cache) is not supported")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
+    device = _check_qkv(q, k, v)
+    qo_len, num_qo_heads, head_dim = q.shape
+    kv_len = k.shape[0]
+    o_dtype = q.dtype if o_dtype is None else o_dtype
+    if o_dtype not in V.FLOAT16_TYPES:
+        raise TypeError(f"o_dtype: expected float16 or bfloat16, got {o_dtype}")
+    packed = pack_custom_mask(custom_mask, packed_custom_mask, [(qo_len, kv_len)], device)
+    variant = _variant(head_dim, pos_encoding_mode=pos_encoding_mode, sm_scale=sm_scale, q_scale=None,
+                       k_scale=k_scale, v_scale=v_scale, causal=causal, window_left=window_left,
+                       logits_soft_cap=logits_soft_cap, rope_scale=rope_scale, rope_theta=rope_theta)
+    out = empty_output(qo_len, num_qo_heads, v.shape[-1], dtype=o_dtype, device=device)
+    lse = empty_output(qo_len, num_qo_heads, dtype=torch.float32, device=device) if return_lse else None
+    attention_fwd(q, k, v, out, lse, variant, packed_mask=packed,
+                  alibi_slopes=_alibi(variant, num_qo_heads, device))
+    return (out, lse) if return_lse else out
+
+
+single_prefill_with_kv_cache_return_lse = functools.partial(single_prefill_with_kv_cache, return_lse=True)

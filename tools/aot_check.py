@@ -1,0 +1,63 @@
+"""Compile, for sm_90 and with no GPU, every kernel variant the CPU test run launched.
+
+The interpreter accepts code that the GPU compiler rejects (`break`, tiny dots, shared-memory
+overflow); this closes that gap. Usage: python tools/aot_check.py DIR  (DIR holds the
+variants-*.jsonl files written when PYFLASHINFER_RECORD_VARIANTS=DIR). Exits 1 on any failure.
+"""
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+SMEM_LIMIT = 232448  # bytes of shared memory one block may use on an H100 (227 KiB)
+
+
+def _compile(entry: dict) -> tuple[str, str]:
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = getattr(importlib.import_module(entry["module"]), entry["name"])
+    label = f"{entry['name']}{sorted((k, v) for k, v in entry['constexprs'].items() if v is not None)}"
+    try:
+        src = ASTSource(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"])
+        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]})
+        if ck.metadata.shared > SMEM_LIMIT:
+            return label, f"uses {ck.metadata.shared} B of shared memory, over the {SMEM_LIMIT} B limit"
+        return label, ""
+    except Exception as e:  # report every failing variant, not just the first
+        return label, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
+
+def main(directory: str) -> int:
+    entries = {}
+    for path in glob.glob(os.path.join(directory, "variants-*.jsonl")):
+        with open(path) as f:
+            for line in f:
+                e = json.loads(line)
+                entries[json.dumps(e, sort_keys=True)] = e
+    if not entries:
+        print(f"aot_check: no recorded variants under {directory}; did the tests run?")
+        return 1
+    os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="pyfi-aot-"))
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(pool.map(_compile, entries.values()))
+    failed = [(label, err) for label, err in results if err]
+    for label, err in failed:
+        print(f"FAILED {label}: {err}")
+    print(f"aot_check: {len(results) - len(failed)} passed, {len(failed)} failed "
+          f"(sm_90, {len(results)} variants, {time.time() - t0:.0f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else ".aot_variants"))
