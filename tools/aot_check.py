@@ -34,7 +34,11 @@ def _compile(entry: dict) -> tuple[str, str]:
             return label, f"uses {ck.metadata.shared} B of shared memory, over the {SMEM_LIMIT} B limit"
         return label, ""
     except Exception as e:  # report every failing variant, not just the first
-        return label, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+        chain, c = [], e  # the root cause sits at the end of the __cause__ chain
+        while c is not None:
+            chain.append(f"{type(c).__name__}: {str(c).strip()[-800:]}")
+            c = c.__cause__
+        return label, "\n".join(chain[-2:])
 
 
 def main(directory: str) -> int:

@@ -1,0 +1,126 @@
+"""single_prefill_with_kv_cache against the fp32 reference, over the matrix users hit."""
+import pytest
+import torch
+
+import pyflashinfer as flashinfer
+from helpers import assert_close_policy, lowp_of
+from cases import as_nhd, rand_kv, refs
+
+F16, BF16, E4M3, E5M2 = torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2
+
+# (id, qo_len, kv_len, H_qo, H_kv, head_dim, q dtype, kv dtype, layout, kwargs)
+CASES = [
+    ("causal-square-g1-d128", 100, 100, 4, 4, 128, F16, F16, "NHD", dict(causal=True)),
+    ("causal-chunked-g4-d128", 37, 300, 8, 2, 128, BF16, BF16, "NHD", dict(causal=True)),
+    ("causal-append1-g4", 1, 129, 8, 2, 64, F16, F16, "NHD", dict(causal=True)),
+    ("noncausal-g3-d64", 50, 77, 6, 2, 64, F16, F16, "HND", {}),
+    ("noncausal-q-gt-kv", 70, 20, 4, 2, 64, BF16, BF16, "NHD", {}),
+    ("causal-g5-d64", 33, 65, 10, 2, 64, BF16, BF16, "NHD", dict(causal=True)),
+    ("causal-g6-d128", 20, 48, 12, 2, 128, F16, F16, "HND", dict(causal=True)),
+    ("causal-g7-d64", 25, 31, 7, 1, 64, F16, F16, "NHD", dict(causal=True)),
+    ("causal-g8-d256", 17, 33, 8, 1, 256, BF16, BF16, "NHD", dict(causal=True)),
+    ("causal-g1-d256", 40, 40, 2, 2, 256, F16, F16, "NHD", dict(causal=True)),
+    ("causal-long-kv-split", 16, 1500, 4, 1, 64, BF16, BF16, "NHD", dict(causal=True)),
+    ("d96", 30, 50, 4, 2, 96, F16, F16, "NHD", dict(causal=True)),
+    ("dqk192-dvo128", 30, 60, 4, 4, 192, BF16, BF16, "NHD", dict(causal=True, head_dim_vo=128)),
+    ("window", 64, 200, 8, 2, 64, F16, F16, "NHD", dict(causal=True, window_left=31)),
+    ("window-noncausal", 40, 100, 4, 4, 64, BF16, BF16, "NHD", dict(window_left=10)),
+    ("softcap", 48, 96, 8, 2, 128, BF16, BF16, "NHD", dict(causal=True, logits_soft_cap=30.0)),
+    ("softcap-small", 20, 40, 4, 2, 64, F16, F16, "NHD", dict(logits_soft_cap=1.0)),
+    ("sm-scale", 30, 30, 4, 2, 64, F16, F16, "NHD", dict(causal=True, sm_scale=0.05)),
+    ("rope", 40, 120, 8, 2, 128, F16, F16, "NHD", dict(causal=True, pos_encoding_mode="ROPE_LLAMA")),
+    ("rope-scaled", 24, 24, 4, 2, 64, BF16, BF16, "HND",
+     dict(causal=True, pos_encoding_mode="ROPE_LLAMA", rope_scale=4.0, rope_theta=1e6)),
+    ("alibi", 40, 90, 8, 8, 64, F16, F16, "NHD", dict(causal=True, pos_encoding_mode="ALIBI")),
+    ("alibi-gqa-noncausal", 16, 50, 6, 2, 64, BF16, BF16, "NHD", dict(pos_encoding_mode="ALIBI")),
+    ("fp8-e4m3", 40, 300, 8, 2, 128, F16, E4M3, "NHD", dict(causal=True)),
+    ("fp8-e5m2-bf16", 32, 64, 4, 2, 64, BF16, E5M2, "HND", dict(causal=True)),
+    ("o-dtype-bf16", 20, 30, 4, 2, 64, F16, F16, "NHD", dict(causal=True, o_dtype=BF16)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_single_prefill(case, device):
+    _, qo_len, kv_len, h_qo, h_kv, d, q_dtype, kv_dtype, layout, kw = case
+    kw = dict(kw)
+    d_vo = kw.pop("head_dim_vo", d)
+    o_dtype = kw.pop("o_dtype", q_dtype)
+    q = torch.randn(qo_len, h_qo, d, device=device).to(q_dtype)
+    k, v, k_scale, v_scale = rand_kv(kv_len, h_kv, d, kv_dtype, device, layout, head_dim_vo=d_vo)
+    scales = dict(k_scale=k_scale, v_scale=v_scale) if kv_dtype in (E4M3, E5M2) else {}
+    o, lse = flashinfer.single_prefill_with_kv_cache(
+        q, k, v, kv_layout=layout, return_lse=True, o_dtype=o_dtype, **scales, **kw)
+    assert o.shape == (qo_len, h_qo, d_vo) and o.dtype == o_dtype
+    assert lse.shape == (qo_len, h_qo) and lse.dtype == torch.float32
+    lowp = lowp_of(BF16 if BF16 in (q_dtype, o_dtype) else q_dtype)  # the coarser of compute and output
+    (o32, l32), (olp, llp) = refs(q, as_nhd(k, layout), as_nhd(v, layout), lowp, **scales, **kw)
+    assert_close_policy(o, o32, olp, name="o")
+    assert_close_policy(lse, l32, llp, name="lse")
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["bool-mask", "packed-mask"])
+def test_custom_mask(packed, device):
+    """A random mask with one fully masked row: that row gives o = 0 and lse = -inf."""
+    qo_len, kv_len, h_qo, h_kv, d = 23, 41, 8, 2, 64
+    q = torch.randn(qo_len, h_qo, d, device=device).to(torch.float16)
+    k, v, _, _ = rand_kv(kv_len, h_kv, d, torch.float16, device)
+    mask = torch.rand(qo_len, kv_len, device=device) < 0.5
+    mask[5] = False
+    kwargs = dict(causal=True)  # ignored: a custom mask takes precedence
+    if packed:
+        bits = mask.reshape(-1).cpu().numpy()
+        import numpy as np
+        kwargs["packed_custom_mask"] = torch.from_numpy(np.packbits(bits, bitorder="little")).to(device)
+    else:
+        kwargs["custom_mask"] = mask
+    o, lse = flashinfer.single_prefill_with_kv_cache(q, k, v, return_lse=True, **kwargs)
+    (o32, l32), (olp, llp) = refs(q, k, v, torch.float16, custom_mask=mask)
+    assert_close_policy(o, o32, olp, name="o")
+    assert_close_policy(lse, l32, llp, name="lse")
+    assert torch.all(o[5] == 0) and torch.all(lse[5] == float("-inf"))
+
+
+def test_empty_kv_gives_zero_and_neg_inf(device):
+    q = torch.randn(5, 4, 64, device=device).to(torch.float16)
+    k = torch.randn(0, 2, 64, device=device).to(torch.float16)
+    o, lse = flashinfer.single_prefill_with_kv_cache(q, k, k.clone(), return_lse=True)
+    assert torch.all(o == 0) and torch.all(lse == float("-inf"))
+
+
+def test_empty_query(device):
+    q = torch.randn(0, 4, 64, device=device).to(torch.float16)
+    k = torch.randn(10, 2, 64, device=device).to(torch.float16)
+    o = flashinfer.single_prefill_with_kv_cache(q, k, k.clone(), causal=True)
+    assert o.shape == (0, 4, 64)
+
+
+def test_noncontiguous_fused_qkv(device):
+    """q, k, v as column slices of one fused [tokens, (H_qo + 2 H_kv) * D] projection."""
+    n, h_qo, h_kv, d = 60, 8, 2, 64
+    qkv = torch.randn(n, (h_qo + 2 * h_kv) * d, device=device).to(torch.bfloat16)
+    q = qkv[:, : h_qo * d].view(n, h_qo, d)
+    k = qkv[:, h_qo * d: (h_qo + h_kv) * d].view(n, h_kv, d)
+    v = qkv[:, (h_qo + h_kv) * d:].view(n, h_kv, d)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    o = flashinfer.single_prefill_with_kv_cache(q, k, v, causal=True)
+    (o32, _), (olp, _) = refs(q, k, v, torch.bfloat16, causal=True)
+    assert_close_policy(o, o32, olp)
+
+
+def test_return_lse_partial_alias(device):
+    q = torch.randn(9, 4, 64, device=device).to(torch.float16)
+    k, v, _, _ = rand_kv(20, 4, 64, torch.float16, device)
+    o, lse = flashinfer.single_prefill_with_kv_cache_return_lse(q, k, v, causal=True)
+    assert torch.equal(o, flashinfer.single_prefill_with_kv_cache(q, k, v, causal=True))
+    assert lse.shape == (9, 4)
+
+
+def test_decode_equals_prefill_of_one(device):
+    """Decode at position kv_len - 1 is causal prefill with qo_len = 1 (FlashInfer's own check)."""
+    q = torch.randn(8, 128, device=device).to(torch.float16)
+    k, v, _, _ = rand_kv(333, 2, 128, torch.float16, device)
+    od, ld = flashinfer.single_decode_with_kv_cache(q, k, v, return_lse=True, pos_encoding_mode="ROPE_LLAMA")
+    op, lp = flashinfer.single_prefill_with_kv_cache(q[None], k, v, causal=True, return_lse=True,
+                                                     pos_encoding_mode="ROPE_LLAMA")
+    assert (od.float() - op[0].float()).abs().max().item() < 5e-3
+    assert (ld - lp[0]).abs().max().item() < 1e-3
