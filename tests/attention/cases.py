@@ -33,3 +33,39 @@ def as_nhd(t, layout):
 def refs(q, k, v, lowp, **kwargs):
     """(fp32 reference, PyTorch's own low-precision result) for one request (NHD inputs)."""
     return attention_ref(q, k, v, **kwargs), attention_ref(q, k, v, compute_dtype=lowp, **kwargs)
+
+
+def random_paged_cache(kv_lens, num_kv_heads, head_dim, page_size, dtype, device, layout="NHD",
+                       as_tuple=True, spare_pages=3):
+    """A paged cache holding fresh random K/V for requests of kv_lens, pages scattered at random
+    (as an allocator leaves them), plus the page table and the per-request K/V (NHD, fp32 of the
+    stored values) the reference reads."""
+    pages_per = [(n + page_size - 1) // page_size for n in kv_lens]
+    num_pages = sum(pages_per) + spare_pages
+    perm = torch.randperm(num_pages)
+    shape = (num_pages, 2, page_size, num_kv_heads, head_dim) if layout == "NHD" else \
+        (num_pages, 2, num_kv_heads, page_size, head_dim)
+    kv_scale = 1.0
+    data = torch.randn(shape, device=device)
+    if dtype in FP8:
+        kv_scale = data.abs().max().item() / (0.5 * torch.finfo(dtype).max)
+        data = data / kv_scale
+    cache = data.to(dtype)
+    indptr, indices, last, ks, vs = [0], [], [], [], []
+    nxt = 0
+    for n, p in zip(kv_lens, pages_per):
+        ids = perm[nxt: nxt + p]
+        nxt += p
+        indices += ids.tolist()
+        indptr.append(indptr[-1] + p)
+        last.append(0 if p == 0 else n - (p - 1) * page_size)
+        pages = cache[ids.to(device)]                                  # [p, 2, ...]
+        if layout == "HND":
+            pages = pages.transpose(2, 3)                               # -> [p, 2, page, H, D]
+        kv = pages.transpose(0, 1).reshape(2, p * page_size, num_kv_heads, head_dim)[:, :n]
+        ks.append(kv[0])
+        vs.append(kv[1])
+    i32 = dict(dtype=torch.int32, device=device)
+    table = (torch.tensor(indptr, **i32), torch.tensor(indices, **i32), torch.tensor(last, **i32))
+    paged = (cache[:, 0], cache[:, 1]) if as_tuple else cache
+    return paged, table, ks, vs, kv_scale

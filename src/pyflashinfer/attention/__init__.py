@@ -1,4 +1,5 @@
-"""Attention over a KV cache: single-request entry points (batch wrappers build on these)."""
+"""Attention over a KV cache: single-request entry points and batch wrappers."""
+from .decode import BatchDecodeWithPagedKVCacheWrapper, CUDAGraphBatchDecodeWithPagedKVCacheWrapper
 from .single import (
     single_decode_with_kv_cache,
     single_prefill_with_kv_cache,
@@ -6,6 +7,8 @@ from .single import (
 )
 
 __all__ = [
+    "BatchDecodeWithPagedKVCacheWrapper",
+    "CUDAGraphBatchDecodeWithPagedKVCacheWrapper",
     "single_decode_with_kv_cache",
     "single_prefill_with_kv_cache",
     "single_prefill_with_kv_cache_return_lse",

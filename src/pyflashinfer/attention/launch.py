@@ -93,19 +93,27 @@ def _strides3(t: torch.Tensor) -> tuple[int, int]:
 
 
 def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Tensor,
-                      lse: Optional[torch.Tensor]) -> None:
-    """v_part [S, N, H, D] fp32, s_part [S, N, H] -> out [N, H, D] (any float dtype), lse [N, H]."""
-    num_splits, n, h, d = v_part.shape
+                      lse: Optional[torch.Tensor], indptr: Optional[torch.Tensor] = None) -> None:
+    """Merge partial states into out/lse.
+
+    Without indptr: v_part [S, N, H, D] fp32, s_part [S, N, H] -> out [N, H, D], lse [N, H].
+    With indptr [N + 1]: v_part [P, H, D], s_part [P, H]; row n merges partial rows
+    indptr[n]:indptr[n + 1] (rows with none are skipped: the kernel wrote them directly).
+    """
+    n, h, d = out.shape
     if n * h == 0:
         return
+    split_dim = 0
     launch(
         merge_states_kernel, (n * h,), num_warps=1 if d <= 64 else 2, num_stages=1,
-        v_ptr=v_part, s_ptr=s_part, o_ptr=out, lse_ptr=lse,
-        stride_vs=v_part.stride(0), stride_vn=v_part.stride(1), stride_vh=v_part.stride(2),
-        stride_ss=s_part.stride(0), stride_sn=s_part.stride(1), stride_sh=s_part.stride(2),
+        v_ptr=v_part, s_ptr=s_part, o_ptr=out, lse_ptr=lse, indptr_ptr=indptr,
+        stride_vs=v_part.stride(split_dim), stride_vn=v_part.stride(-3) if indptr is None else 0,
+        stride_vh=v_part.stride(-2), stride_ss=s_part.stride(split_dim),
+        stride_sn=s_part.stride(-2) if indptr is None else 0, stride_sh=s_part.stride(-1),
         stride_on=out.stride(0), stride_oh=out.stride(1),
         stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
-        num_splits=num_splits, num_heads=h, HEAD_DIM=d, BLOCK_D=_pow2(d), WRITE_LSE=lse is not None,
+        num_splits=v_part.shape[0] if indptr is None else 0, num_heads=h, HEAD_DIM=d, BLOCK_D=_pow2(d),
+        WRITE_LSE=lse is not None, INDPTR=indptr is not None,
     )
 
 
@@ -116,6 +124,20 @@ def _outputs(out, lse, num_splits, qo_len, num_qo_heads, head_dim_vo, device):
     o_part = empty_output(num_splits, qo_len, num_qo_heads, head_dim_vo, dtype=torch.float32, device=device)
     s_part = empty_output(num_splits, qo_len, num_qo_heads, dtype=torch.float32, device=device)
     return o_part, s_part, (o_part.stride(0), s_part.stride(0))
+
+
+def _split(kv_len, num_splits, num_programs, block_n, device):
+    if num_splits is None:
+        return kv_split(num_programs, kv_len, block_n, device)
+    chunk = triton.cdiv(triton.cdiv(max(kv_len, 1), num_splits), block_n) * block_n
+    return triton.cdiv(max(kv_len, 1), chunk), chunk
+
+
+# Arguments of the batch-plan mode that a single-request launch leaves unused.
+_NO_BATCH = dict(work_ptr=None, seq_lens_ptr=None, kv_indptr_ptr=None, kv_indices_ptr=None,
+                 part_o_ptr=None, part_lse_ptr=None, stride_w=0, stride_pn=0, stride_ph=0,
+                 stride_pln=0, stride_plh=0, stride_kpage=0, stride_vpage=0,
+                 BATCHED=False, PAGED=False, PAGE_SIZE=1)
 
 
 def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alibi_slopes=None,
@@ -129,16 +151,13 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
     block_dqk, block_dvo = _pow2(d_qk), _pow2(d_vo)
     tile = prefill_tile(max(block_dqk, block_dvo), qo_len * group)
     m_tiles = triton.cdiv(qo_len * group, tile.block_m)
-    if num_splits is None:
-        num_splits, chunk = kv_split(m_tiles * num_kv_heads, kv_len, tile.block_n, q.device)
-    else:
-        chunk = triton.cdiv(triton.cdiv(max(kv_len, 1), num_splits), tile.block_n) * tile.block_n
-        num_splits = triton.cdiv(max(kv_len, 1), chunk)
+    num_splits, chunk = _split(kv_len, num_splits, m_tiles * num_kv_heads, tile.block_n, q.device)
     o_buf, l_buf, (stride_os, stride_ls) = _outputs(out, lse, num_splits, qo_len, num_qo_heads, d_vo, q.device)
     launch(
         attention_fwd_kernel, (m_tiles, num_kv_heads, num_splits),
         num_warps=tile.num_warps, num_stages=tile.num_stages,
         q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o_buf, lse_ptr=l_buf, mask_ptr=packed_mask, alibi_ptr=alibi_slopes,
+        qo_indptr_ptr=None, **_NO_BATCH,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kn=k.stride(0), stride_kh=k.stride(1),
         stride_vn=v.stride(0), stride_vh=v.stride(1),
         stride_os=stride_os, stride_on=o_buf.stride(-3), stride_oh=o_buf.stride(-2),
@@ -162,23 +181,19 @@ def decode_fwd(q, k, v, out, lse, variant: Variant, *, alibi_slopes=None,
     group = num_qo_heads // num_kv_heads
     block_dqk, block_dvo = _pow2(d_qk), _pow2(d_vo)
     tile = decode_tile(triton.next_power_of_2(group), max(block_dqk, block_dvo))
-    if num_splits is None:
-        num_splits, chunk = kv_split(num_kv_heads, kv_len, tile.block_n, q.device)
-    else:
-        chunk = triton.cdiv(triton.cdiv(max(kv_len, 1), num_splits), tile.block_n) * tile.block_n
-        num_splits = triton.cdiv(max(kv_len, 1), chunk)
-    o_buf, l_buf, (stride_os, stride_ls) = _outputs(out[None], None if lse is None else lse[None],
-                                                   num_splits, 1, num_qo_heads, d_vo, q.device)
+    num_splits, chunk = _split(kv_len, num_splits, num_kv_heads, tile.block_n, q.device)
+    out, lse = out[None], None if lse is None else lse[None]
+    o_buf, l_buf, (stride_os, stride_ls) = _outputs(out, lse, num_splits, 1, num_qo_heads, d_vo, q.device)
     launch(
-        decode_fwd_kernel, (num_kv_heads, num_splits), num_warps=tile.num_warps, num_stages=tile.num_stages,
-        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o_buf, lse_ptr=l_buf, alibi_ptr=alibi_slopes,
-        stride_qh=q.stride(0), stride_kn=k.stride(0), stride_kh=k.stride(1),
+        decode_fwd_kernel, (1, num_kv_heads, num_splits), num_warps=tile.num_warps, num_stages=tile.num_stages,
+        q_ptr=q[None], k_ptr=k, v_ptr=v, o_ptr=o_buf, lse_ptr=l_buf, alibi_ptr=alibi_slopes, **_NO_BATCH,
+        stride_qn=0, stride_qh=q.stride(0), stride_kn=k.stride(0), stride_kh=k.stride(1),
         stride_vn=v.stride(0), stride_vh=v.stride(1),
-        stride_os=stride_os, stride_oh=o_buf.stride(-2), stride_ls=stride_ls,
+        stride_os=stride_os, stride_on=0, stride_oh=o_buf.stride(-2), stride_ls=stride_ls, stride_ln=0,
         stride_lh=l_buf.stride(-1) if l_buf is not None else 0,
         kv_len=kv_len, group_size=group, kv_chunk=chunk,
         HEAD_DIM_QK=d_qk, HEAD_DIM_VO=d_vo, BLOCK_DQK=block_dqk, BLOCK_DVO=block_dvo,
         BLOCK_G=tile.block_m, BLOCK_N=tile.block_n, WRITE_LSE=l_buf is not None, **variant.kernel_args(),
     )
     if num_splits > 1:
-        merge_states_into(o_buf, l_buf, out[None], None if lse is None else lse[None])
+        merge_states_into(o_buf, l_buf, out, lse)

@@ -1,8 +1,9 @@
 """Plain PyTorch RoPE: the oracle for the tests and the benchmarks.
 
-Angles are computed in float64 (so the fp32 reference carries no angle error of its own); the
-rotation runs in `dtype`: float32 for the reference, or q's dtype to measure what PyTorch itself
-loses in low precision (cos/sin rounded to that dtype, as Hugging Face models do).
+The rotation runs in `dtype`: float32 for the reference, or q's dtype to measure what PyTorch
+itself loses in low precision. The float32 reference takes its angles in float64 (no angle error
+of its own); the low-precision one does what Hugging Face models do: float32 frequencies and
+angles (pos * f rounded to fp32, which grows with the position), cos/sin rounded to `dtype`.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def apply_rope_ref(x: torch.Tensor, pos_ids: torch.Tensor, rotary_dim: Optional[
     if cache is not None:
         cos, sin = cache.to(x.device)[pos].double().chunk(2, dim=-1)
     else:
-        angle = pos.double()[:, None] * freqs.to(x.device).double()[None, :]
+        angle_dtype = torch.float64 if dtype == torch.float32 else torch.float32
+        angle = pos.to(angle_dtype)[:, None] * freqs.to(x.device, angle_dtype)[None, :]
         cos, sin = angle.cos(), angle.sin()
     cos = cos.float().to(dtype)[:, None, :]
     sin = sin.float().to(dtype)[:, None, :]

@@ -59,3 +59,27 @@ def finalize(acc, m_i, l_i, v_scale):
     out = acc * (v_scale / l_safe)[:, None]
     lse = tl.where(empty, float("-inf"), m_i + tl.log2(l_safe))
     return out, lse
+
+
+@triton.jit
+def load_work(work_ptr, stride_w, w):
+    """One work item of a batch plan: (request, row tile, kv start, kv end, partial slot).
+    request < 0 marks padding (CUDA-graph plans keep a fixed grid); slot < 0 writes the output
+    directly, slot >= 0 writes a partial state that merge.py combines."""
+    req = tl.load(work_ptr + w)
+    m_tile = tl.load(work_ptr + stride_w + w)
+    kv_lo = tl.load(work_ptr + 2 * stride_w + w)
+    kv_hi = tl.load(work_ptr + 3 * stride_w + w)
+    slot = tl.load(work_ptr + 4 * stride_w + w)
+    return req, m_tile, kv_lo, kv_hi, slot
+
+
+@triton.jit
+def kv_offsets(offs_n, mask_n, page_ptr, stride_page, stride_tok, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
+    """Element offsets (int64) of KV tokens offs_n of one request: through its page table
+    (page_ptr points at its first page id) or contiguous (page_ptr unused)."""
+    if PAGED:
+        page = tl.load(page_ptr + offs_n // PAGE_SIZE, mask=mask_n, other=0).to(tl.int64)
+        return page * stride_page + (offs_n % PAGE_SIZE).to(tl.int64) * stride_tok
+    else:
+        return offs_n.to(tl.int64) * stride_tok

@@ -1,21 +1,24 @@
 """CUDA-core attention for one query token per request (decode, use_tensor_cores=False).
 
-One program owns one KV head and one KV split; the query heads of its GQA group ride along as
-the first axis of a [BLOCK_G, BLOCK_N, D] product that is reduced on CUDA cores, so each K/V
-tile is read once for the whole group and any group size works.
-Grid: (kv heads, kv splits). The query sits at position kv_len - 1.
+One program owns one KV head and one KV range; the query heads of its GQA group ride along as
+the first axis of a [BLOCK_G, BLOCK_N, D] product reduced on CUDA cores, so each K/V tile is
+read once for the whole group and any group size works. The query sits at position kv_len - 1.
+Grid: (row, kv heads, splits) with the same two ways of naming work as prefill.py: a single
+request split into kv_chunk ranges (axis 2), or a batch plan's work list (axis 0).
 """
 import triton
 import triton.language as tl
 
-from .common import finalize, load_rope, logits_log2
+from .common import finalize, kv_offsets, load_rope, load_work, logits_log2
 
 
 @triton.jit(do_not_specialize=["kv_len", "group_size", "kv_chunk", "window_left"])
 def decode_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, alibi_ptr,
-    stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
-    stride_os, stride_oh, stride_ls, stride_lh,
+    work_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr,
+    stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
+    stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
+    stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
     kv_len, group_size, kv_chunk,
     sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta, v_scale,
     HEAD_DIM_QK: tl.constexpr, HEAD_DIM_VO: tl.constexpr,
@@ -23,9 +26,23 @@ def decode_fwd_kernel(
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     USE_ROPE: tl.constexpr, WRITE_LSE: tl.constexpr,
+    BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):
-    pid_h = tl.program_id(0)
-    pid_s = tl.program_id(1)
+    pid_h = tl.program_id(1)
+    pid_s = tl.program_id(2)  # always 0 for batch plans
+    if BATCHED:
+        req, _, lo, hi, slot = load_work(work_ptr, stride_w, tl.program_id(0))
+        if req < 0:
+            return
+        kv_len = tl.load(seq_lens_ptr + req)
+        kv_start = tl.load(kv_indptr_ptr + req)  # first page (PAGED) or first token
+        row = req.to(tl.int64)
+    else:
+        kv_start = 0
+        slot = -1
+        row = tl.program_id(0).to(tl.int64)
+        lo = pid_s * kv_chunk
+        hi = tl.minimum(lo + kv_chunk, kv_len)
 
     offs_g = tl.arange(0, BLOCK_G)
     mask_g = offs_g < group_size
@@ -38,7 +55,7 @@ def decode_fwd_kernel(
     mask_dvo = offs_dvo < HEAD_DIM_VO
     offs_n0 = tl.arange(0, BLOCK_N)
 
-    q_rows = q_ptr + head[:, None] * stride_qh
+    q_rows = q_ptr + row * stride_qn + head[:, None] * stride_qh
     mask_q = mask_g[:, None] & mask_dqk[None, :]
     if USE_ROPE:
         q = load_rope(q_rows, offs_dqk, mask_q, tl.zeros([BLOCK_G], dtype=tl.int32) + q_pos,
@@ -50,14 +67,17 @@ def decode_fwd_kernel(
         slopes = tl.load(alibi_ptr + head, mask=mask_g, other=0.0)
     else:
         slopes = tl.zeros([BLOCK_G], dtype=tl.float32)
-
-    lo = pid_s * kv_chunk
-    hi = tl.minimum(lo + kv_chunk, kv_len)
     if HAS_WINDOW:
         lo = tl.maximum(lo, q_pos - window_left)
 
-    k_base = k_ptr + pid_h.to(tl.int64) * stride_kh
-    v_base = v_ptr + pid_h.to(tl.int64) * stride_vh
+    if PAGED:
+        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh
+        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh
+        page_ptr = kv_indices_ptr + kv_start
+    else:
+        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh + kv_start.to(tl.int64) * stride_kn
+        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh + kv_start.to(tl.int64) * stride_vn
+        page_ptr = kv_indices_ptr
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_DVO], dtype=tl.float32)
@@ -65,7 +85,7 @@ def decode_fwd_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         mask_n = offs_n < hi
-        k_rows = k_base + offs_n.to(tl.int64)[:, None] * stride_kn
+        k_rows = k_base + kv_offsets(offs_n, mask_n, page_ptr, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
         mask_k = mask_n[:, None] & mask_dqk[None, :]
         if USE_ROPE:
             k = load_rope(k_rows, offs_dqk, mask_k, offs_n, HEAD_DIM_QK, rope_rcp_scale, rope_log2_theta)
@@ -81,13 +101,19 @@ def decode_fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * stride_vn + offs_dvo[None, :],
-                    mask=mask_n[:, None] & mask_dvo[None, :], other=0.0).to(tl.float32)
+        v_rows = v_base + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+        v = tl.load(v_rows + offs_dvo[None, :], mask=mask_n[:, None] & mask_dvo[None, :], other=0.0).to(tl.float32)
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
         m_i = m_new
 
     out, lse = finalize(acc, m_i, l_i, v_scale)
-    o_ptrs = o_ptr + pid_s.to(tl.int64) * stride_os + head[:, None] * stride_oh + offs_dvo[None, :]
-    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_g[:, None] & mask_dvo[None, :])
-    if WRITE_LSE:
-        tl.store(lse_ptr + pid_s.to(tl.int64) * stride_ls + head * stride_lh, lse, mask=mask_g)
+    mask_o = mask_g[:, None] & mask_dvo[None, :]
+    if slot >= 0:  # a partial state of a split request (batch plans)
+        p_row = slot.to(tl.int64)
+        tl.store(part_o_ptr + p_row * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :], out, mask=mask_o)
+        tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_g)
+    else:
+        o_ptrs = o_ptr + pid_s.to(tl.int64) * stride_os + row * stride_on + head[:, None] * stride_oh + offs_dvo[None, :]
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_o)
+        if WRITE_LSE:
+            tl.store(lse_ptr + pid_s.to(tl.int64) * stride_ls + row * stride_ln + head * stride_lh, lse, mask=mask_g)

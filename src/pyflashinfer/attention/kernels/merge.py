@@ -2,6 +2,8 @@
 
     lse = log2(sum_s 2^lse_s),   o = sum_s 2^(lse_s - lse) o_s
 All splits fully masked -> o = 0, lse = -inf. One program per (row, head).
+With INDPTR, row n merges partial rows [indptr[n], indptr[n + 1]) (a batch plan's split
+requests); a row with no partials was written directly by the attention kernel and is skipped.
 """
 import triton
 import triton.language as tl
@@ -9,11 +11,11 @@ import triton.language as tl
 
 @triton.jit(do_not_specialize=["num_splits", "num_heads"])
 def merge_states_kernel(
-    v_ptr, s_ptr, o_ptr, lse_ptr,
+    v_ptr, s_ptr, o_ptr, lse_ptr, indptr_ptr,
     stride_vs, stride_vn, stride_vh, stride_ss, stride_sn, stride_sh,
     stride_on, stride_oh, stride_ln, stride_lh,
     num_splits, num_heads,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_LSE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_LSE: tl.constexpr, INDPTR: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n = (pid // num_heads).to(tl.int64)
@@ -21,8 +23,16 @@ def merge_states_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
 
-    s_row = s_ptr + n * stride_sn + h * stride_sh + tl.zeros([1], dtype=tl.int32)
-    v_row = v_ptr + n * stride_vn + h * stride_vh + offs_d
+    if INDPTR:
+        start = tl.load(indptr_ptr + n)
+        num_splits = tl.load(indptr_ptr + n + 1) - start
+        if num_splits == 0:
+            return
+        s_row = s_ptr + start.to(tl.int64) * stride_ss + h * stride_sh + tl.zeros([1], dtype=tl.int32)
+        v_row = v_ptr + start.to(tl.int64) * stride_vs + h * stride_vh + offs_d
+    else:
+        s_row = s_ptr + n * stride_sn + h * stride_sh + tl.zeros([1], dtype=tl.int32)
+        v_row = v_ptr + n * stride_vn + h * stride_vh + offs_d
 
     m = tl.full([1], float("-inf"), dtype=tl.float32)
     s_ptrs = s_row

@@ -3,20 +3,28 @@
 Rows of a tile are packed (token, head-in-group) pairs of one KV head, so a GQA group shares
 every K/V tile it loads, and any group size works without a dispatch table:
     row r  ->  token r // group_size,  qo head kv_head * group_size + r % group_size.
-Grid: (row tiles, kv heads, kv splits). With IS_SPLIT each split writes its normalised partial
-output and base-2 LSE to a workspace that merge.py combines.
+
+Two ways to name the work of a program (axis 0), by BATCHED:
+- single request: axis 0 is the row tile and axis 2 the KV split (kv_chunk tokens each); with
+  stride_os/stride_ls != 0 each split writes its partial state to a workspace for merge.py.
+- batch plan: axis 0 indexes a work list (request, row tile, kv range, partial slot) built
+  on the host (plan.py); requests come from qo_indptr/seq_lens, KV through a page table
+  (PAGED) or contiguous per request (kv_indptr in tokens).
+Axis 1 is the KV head.
 """
 import triton
 import triton.language as tl
 
-from .common import finalize, load_rope, logits_log2
+from .common import finalize, kv_offsets, load_rope, load_work, logits_log2
 
 
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
 def attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, alibi_ptr,
-    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+    work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr,
+    stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
+    stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
     qo_len, kv_len, group_size, kv_chunk,
     sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta, v_scale,
     HEAD_DIM_QK: tl.constexpr, HEAD_DIM_VO: tl.constexpr,
@@ -24,18 +32,33 @@ def attention_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, USE_ROPE: tl.constexpr,
-    WRITE_LSE: tl.constexpr,
+    WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
     pid_h = tl.program_id(1)
-    pid_s = tl.program_id(2)
+    pid_s = tl.program_id(2)  # always 0 for batch plans
+    if BATCHED:
+        req, pid_m, lo, hi, slot = load_work(work_ptr, stride_w, tl.program_id(0))
+        if req < 0:
+            return
+        q_start = tl.load(qo_indptr_ptr + req)
+        qo_len = tl.load(qo_indptr_ptr + req + 1) - q_start
+        kv_len = tl.load(seq_lens_ptr + req)
+        kv_start = tl.load(kv_indptr_ptr + req)  # first page (PAGED) or first token
+    else:
+        pid_m = tl.program_id(0)
+        q_start = 0
+        kv_start = 0
+        slot = -1
+        lo = pid_s * kv_chunk
+        hi = tl.minimum(lo + kv_chunk, kv_len)
 
     num_rows = qo_len * group_size
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < num_rows
-    tok = offs_m // group_size
+    tok = offs_m // group_size                      # token within the request
     head = pid_h * group_size + offs_m % group_size
-    q_pos = tok + (kv_len - qo_len)  # causal alignment: bottom-right
+    q_pos = tok + (kv_len - qo_len)                 # causal alignment: bottom-right
+    tok_g = (q_start + tok).to(tl.int64)            # token within q / out
 
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dvo = tl.arange(0, BLOCK_DVO)
@@ -43,7 +66,7 @@ def attention_fwd_kernel(
     mask_dvo = offs_dvo < HEAD_DIM_VO
     offs_n0 = tl.arange(0, BLOCK_N)
 
-    q_rows = q_ptr + tok.to(tl.int64)[:, None] * stride_qn + head[:, None] * stride_qh
+    q_rows = q_ptr + tok_g[:, None] * stride_qn + head[:, None] * stride_qh
     mask_q = mask_m[:, None] & mask_dqk[None, :]
     if USE_ROPE:
         q = load_rope(q_rows, offs_dqk, mask_q, q_pos, HEAD_DIM_QK, rope_rcp_scale, rope_log2_theta)
@@ -55,9 +78,7 @@ def attention_fwd_kernel(
     else:
         slopes = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # KV range of this program: its split, cut to what the causal mask and window let through.
-    lo = pid_s * kv_chunk
-    hi = tl.minimum(lo + kv_chunk, kv_len)
+    # Cut the KV range to what the causal mask and the window let this row tile see.
     first_row = pid_m * BLOCK_M
     last_row = tl.minimum(first_row + BLOCK_M, num_rows) - 1
     if IS_CAUSAL:
@@ -65,8 +86,14 @@ def attention_fwd_kernel(
     if HAS_WINDOW:
         lo = tl.maximum(lo, first_row // group_size + (kv_len - qo_len) - window_left)
 
-    k_base = k_ptr + pid_h.to(tl.int64) * stride_kh
-    v_base = v_ptr + pid_h.to(tl.int64) * stride_vh
+    if PAGED:
+        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh
+        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh
+        page_ptr = kv_indices_ptr + kv_start
+    else:
+        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh + kv_start.to(tl.int64) * stride_kn
+        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh + kv_start.to(tl.int64) * stride_vn
+        page_ptr = kv_indices_ptr
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DVO], dtype=tl.float32)
@@ -74,7 +101,7 @@ def attention_fwd_kernel(
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         mask_n = offs_n < hi
-        k_rows = k_base + offs_n.to(tl.int64)[:, None] * stride_kn
+        k_rows = k_base + kv_offsets(offs_n, mask_n, page_ptr, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
         mask_k = mask_n[:, None] & mask_dqk[None, :]
         if USE_ROPE:
             k = load_rope(k_rows, offs_dqk, mask_k, offs_n, HEAD_DIM_QK, rope_rcp_scale, rope_log2_theta)
@@ -100,15 +127,20 @@ def attention_fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * stride_vn + offs_dvo[None, :],
-                    mask=mask_n[:, None] & mask_dvo[None, :], other=0.0)
+        v_rows = v_base + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+        v = tl.load(v_rows + offs_dvo[None, :], mask=mask_n[:, None] & mask_dvo[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
         m_i = m_new
 
     out, lse = finalize(acc, m_i, l_i, v_scale)
-    o_ptrs = (o_ptr + pid_s.to(tl.int64) * stride_os + tok.to(tl.int64)[:, None] * stride_on
-              + head[:, None] * stride_oh + offs_dvo[None, :])
-    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_dvo[None, :])
-    if WRITE_LSE:
-        l_ptrs = lse_ptr + pid_s.to(tl.int64) * stride_ls + tok.to(tl.int64) * stride_ln + head * stride_lh
-        tl.store(l_ptrs, lse, mask=mask_m)
+    mask_o = mask_m[:, None] & mask_dvo[None, :]
+    if slot >= 0:  # a partial state of a split request (batch plans)
+        p_row = (slot + tok).to(tl.int64)
+        tl.store(part_o_ptr + p_row[:, None] * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :], out, mask=mask_o)
+        tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_m)
+    else:
+        o_ptrs = (o_ptr + pid_s.to(tl.int64) * stride_os + tok_g[:, None] * stride_on
+                  + head[:, None] * stride_oh + offs_dvo[None, :])
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_o)
+        if WRITE_LSE:
+            tl.store(lse_ptr + pid_s.to(tl.int64) * stride_ls + tok_g * stride_ln + head * stride_lh, lse, mask=mask_m)

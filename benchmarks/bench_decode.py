@@ -1,0 +1,148 @@
+"""Batch decode over a paged KV cache on the H100: the decode workloads of PERFORMANCE.md.
+
+    python benchmarks/bench_decode.py [--out results.json]
+
+Pages of 16 tokens scattered at random in the pool. For each workload: bf16 KV on both paths
+(CUDA cores, tensor cores), fp8 e4m3 KV on the gqa4 workloads (bytes counted in fp8), torch SDPA
+(cuDNN, flash) on the same shapes with contiguous KV in the same run, and for gqa4 bs1 the
+latency from the host and per replay inside a CUDA graph. Each configuration is checked against
+the fp32 reference on sampled requests before it is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pyflashinfer as flashinfer  # noqa: E402
+from benchmarks.common import copy_ceiling_gbs, rel_err, table, time_graph, time_host  # noqa: E402
+from benchmarks.workloads import DECODE  # noqa: E402
+from pyflashinfer.attention.reference import decode_ref  # noqa: E402
+
+TOL = 3e-2
+
+
+def build(w, kv_dtype, layout="NHD"):
+    pages_per = w.kv_len // w.page_size
+    num_pages = w.batch * pages_per
+    perm = torch.randperm(num_pages, device="cuda", dtype=torch.int32)
+    cache = torch.randn(num_pages, 2, w.page_size, w.kv_heads, w.head_dim, device="cuda", dtype=torch.bfloat16)
+    scale = 1.0
+    if kv_dtype != torch.bfloat16:
+        scale = 4.0 / 448
+        cache = (cache / scale).to(kv_dtype)
+    indptr = torch.arange(0, num_pages + 1, pages_per, device="cuda", dtype=torch.int32)
+    last = torch.full((w.batch,), w.page_size, device="cuda", dtype=torch.int32)
+    return cache, (indptr, perm, last), scale
+
+
+def request_kv(cache, table, b, scale):
+    indptr, indices, _ = table
+    pages = cache[indices[indptr[b]: indptr[b + 1]].long()]          # [p, 2, page, H, D]
+    kv = pages.transpose(0, 1).reshape(2, -1, cache.shape[3], cache.shape[4]).float() * scale
+    return kv[0], kv[1]
+
+
+def bench_one(w, kv_dtype, use_tc, cache, table, scale, ws, rows, graph):
+    q = torch.randn(w.batch, w.q_heads, w.head_dim, device="cuda", dtype=torch.bfloat16)
+    wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tc)
+    t0 = time.time()
+    wrapper.plan(*table, w.q_heads, w.kv_heads, w.head_dim, w.page_size, q_data_type=torch.bfloat16,
+                 kv_data_type=kv_dtype)
+    plan_s = time.time() - t0
+    kw = dict(k_scale=scale, v_scale=scale) if kv_dtype != torch.bfloat16 else {}
+    out = wrapper.run(q, cache, **kw)
+    torch.cuda.synchronize()
+    for b in sorted({0, w.batch // 2, w.batch - 1}):
+        k, v = request_kv(cache, table, b, 1.0)
+        ref, _ = decode_ref(q[b], k, v, k_scale=scale, v_scale=scale)
+        err = rel_err(out[b], ref)
+        if not err < TOL:
+            raise SystemExit(f"{w.name} {kv_dtype} tc={use_tc}: request {b} relative error {err:.3g}; not timing")
+    fn = lambda: wrapper.run(q, cache, **kw)  # noqa: E731
+    t = time_host(fn)
+    nbytes = w.kv_bytes(cache.element_size())
+    row = {"workload": w.name, "kv": str(kv_dtype).removeprefix("torch."), "path": "tensor cores" if use_tc else "cuda cores",
+           "us (host)": t * 1e6, "GB/s": nbytes / t / 1e9, "plan": repr(wrapper.plan_value).split(", ", 5)[-1][:60],
+           "plan ms": plan_s * 1e3}
+    if graph:
+        tg = time_graph(fn)
+        row["us (graph)"] = None if tg is None else tg * 1e6
+        row["GB/s (graph)"] = None if tg is None else nbytes / tg / 1e9
+    print(row, flush=True)
+    rows.append(row)
+
+
+def bench_sdpa(w, cache, table, rows, graph):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    indptr, indices, _ = table
+    # contiguous [B, H_kv, L, D] copies of the same K/V
+    pages = cache[indices.long()].view(w.batch, -1, 2, w.page_size, w.kv_heads, w.head_dim)
+    k = pages[:, :, 0].reshape(w.batch, -1, w.kv_heads, w.head_dim).transpose(1, 2).contiguous()
+    v = pages[:, :, 1].reshape(w.batch, -1, w.kv_heads, w.head_dim).transpose(1, 2).contiguous()
+    q = torch.randn(w.batch, w.q_heads, 1, w.head_dim, device="cuda", dtype=torch.bfloat16)
+    for label, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
+        for gqa in (True, False):
+            try:
+                kk, vv = (k, v) if gqa else (k.repeat_interleave(w.q_heads // w.kv_heads, 1),
+                                             v.repeat_interleave(w.q_heads // w.kv_heads, 1))
+
+                def fn():
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(q, kk, vv, enable_gqa=gqa)
+                fn()
+                t = time_host(fn)
+                row = {"workload": w.name, "kv": "bfloat16 contiguous", "path": label + ("" if gqa else " (heads expanded)"),
+                       "us (host)": t * 1e6, "GB/s": w.kv_bytes(2) / t / 1e9}
+                if graph:
+                    tg = time_graph(fn)
+                    row["us (graph)"] = None if tg is None else tg * 1e6
+                print(row, flush=True)
+                rows.append(row)
+                break
+            except Exception as e:
+                print(f"  {label} gqa={gqa}: {type(e).__name__}: {str(e)[:100]}")
+        del kk, vv
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--skip-peers", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    import triton
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "date": time.strftime("%Y-%m-%d"), "copy GB/s": copy_ceiling_gbs()}
+    print(results, flush=True)
+    ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    rows = []
+    for w in DECODE:
+        graph = w.batch == 1
+        cache, table, _ = build(w, torch.bfloat16)
+        for use_tc in (False, True):
+            bench_one(w, torch.bfloat16, use_tc, cache, table, 1.0, ws, rows, graph)
+        if not args.skip_peers:
+            bench_sdpa(w, cache, table, rows, graph)
+        del cache
+        if w.kv_heads != w.q_heads:
+            cache, table, scale = build(w, torch.float8_e4m3fn)
+            for use_tc in (False, True):
+                bench_one(w, torch.float8_e4m3fn, use_tc, cache, table, scale, ws, rows, graph)
+            del cache
+        torch.cuda.empty_cache()
+    results["rows"] = rows
+    print(table(rows, ["workload", "kv", "path", "us (host)", "GB/s", "us (graph)", "GB/s (graph)", "plan ms", "plan"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Launch of a batch plan: one attention launch over the work list, one merge launch.
+
+Registered as the `torch.library` custom op ``pyflashinfer::paged_decode`` (with a fake
+implementation) so that `torch.compile` can trace a wrapper's `run`; eager calls skip the
+dispatcher, whose overhead decode at batch 1 cannot afford.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+
+from .._launch import launch
+from .kernels.decode import decode_fwd_kernel
+from .kernels.prefill import attention_fwd_kernel
+from .launch import _pow2, merge_states_into
+from .plan import section
+
+
+def _paged_decode_impl(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, plan_buf: torch.Tensor,
+    part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
+    alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
+    block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
+    window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
+    use_alibi: bool,
+) -> None:
+    num_qo_heads, d_qk = q.shape[1], q.shape[2]
+    tok, head = (2, 1) if hnd else (1, 2)
+    num_kv_heads, page_size, d_vo = k.shape[head], k.shape[tok], v.shape[-1]
+    group = num_qo_heads // num_kv_heads
+    sec = [plan_buf[section(batch, max_work, i)[0]:] for i in range(4)]  # seq_lens, merge, kv, qo indptr
+    common = dict(
+        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, alibi_ptr=alibi, work_ptr=plan_buf,
+        seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices,
+        part_o_ptr=part_o, part_lse_ptr=part_lse,
+        stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=k.stride(0), stride_kn=k.stride(tok),
+        stride_kh=k.stride(head), stride_vpage=v.stride(0), stride_vn=v.stride(tok), stride_vh=v.stride(head),
+        stride_os=0, stride_on=out.stride(0), stride_oh=out.stride(1), stride_ls=0,
+        stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
+        stride_w=max_work, stride_pn=part_o.stride(0), stride_ph=part_o.stride(1),
+        stride_pln=part_lse.stride(0), stride_plh=part_lse.stride(1),
+        kv_len=0, group_size=group, kv_chunk=0,
+        sm_scale=sm_scale, soft_cap=soft_cap or 1.0, window_left=window_left, rope_rcp_scale=rope_rcp_scale,
+        rope_log2_theta=rope_log2_theta, v_scale=v_scale,
+        HEAD_DIM_QK=d_qk, HEAD_DIM_VO=d_vo, BLOCK_DQK=_pow2(d_qk), BLOCK_DVO=_pow2(d_vo), BLOCK_N=block_n,
+        HAS_WINDOW=window_left >= 0, HAS_SOFTCAP=soft_cap > 0, HAS_ALIBI=use_alibi, USE_ROPE=use_rope,
+        WRITE_LSE=lse is not None, BATCHED=True, PAGED=True, PAGE_SIZE=page_size,
+    )
+    grid = (max_work, num_kv_heads, 1)
+    if use_tensor_cores:
+        launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
+               qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=_pow2(group), IS_CAUSAL=False,
+               HAS_MASK=False, **common)
+    else:
+        launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
+               BLOCK_G=triton.next_power_of_2(group), **common)
+    if merge:
+        merge_states_into(part_o, part_lse, out, lse, indptr=sec[1])
+
+
+_op = torch.library.custom_op("pyflashinfer::paged_decode", mutates_args=("part_o", "part_lse", "out", "lse"))(
+    _paged_decode_impl)
+
+
+@_op.register_fake
+def _(*args, **kwargs) -> None:
+    return None
+
+
+def paged_decode(**kwargs) -> None:
+    if torch.compiler.is_compiling():
+        torch.ops.pyflashinfer.paged_decode(**kwargs)
+    else:
+        _paged_decode_impl(**kwargs)

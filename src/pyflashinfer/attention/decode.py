@@ -1,0 +1,338 @@
+"""Batch decode over a paged KV cache: FlashInfer's `BatchDecodeWithPagedKVCacheWrapper`.
+
+The wrapper is a thin shell: `plan()` calls the host-only planner (plan.py) and keeps the
+frozen plan it returns; `run()` checks its inputs against the plan and launches (never syncs,
+allocates nothing in CUDA-graph mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Optional, Tuple, Union
+
+import torch
+
+from .. import _validate as V
+from .._launch import empty_output
+from ..page import PagedKVCache, unpack_paged_kv_cache
+from ..utils import PosEncodingMode, canonicalize_dtype, get_alibi_slopes, is_interpreting, num_sms
+from .batch_launch import paged_decode
+from .launch import Variant, decode_tile
+from .plan import DecodePlan, build_decode_buffer, buffer_len, choose_chunk, max_work_items
+
+_LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_data_type", "kv_data_type",
+                     "o_data_type", "data_type", "sm_scale", "rope_scale", "rope_theta", "non_blocking",
+                     "block_tables", "seq_lens", "fixed_split_size", "disable_split_kv", "q_len_per_req")
+
+# Tensor-core path: BLOCK_N and (warps, stages) for the KV loop. Decode is memory bound; a
+# 64-token tile (4 pages of 16) keeps four 16 KiB loads in flight per program.
+_TC_DECODE = dict(block_n=64, num_warps=4, num_stages=3)
+
+
+def _auto_tensor_cores(group: int, kv_dtype: torch.dtype) -> bool:
+    """Tensor cores when a GQA group shares each K/V tile or the cache is fp8 (SGLang's rule,
+    widened: our CUDA-core path reduces [G, N, D] products, which grows costly with G)."""
+    return group >= 2 or kv_dtype in V.FP8_TYPES
+
+
+def _host_int32(name: str, t: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
+    V.check_tensor(name, t, 1)
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}: expected an int32 or int64 tensor, got {t.dtype}")
+    if length is not None and t.shape[0] != length:
+        raise ValueError(f"{name}: expected {length} entries, got {t.shape[0]}")
+    return t.to("cpu", torch.int32)
+
+
+class BatchDecodeWithPagedKVCacheWrapper:
+    r"""Decode attention for a batch of requests over a paged KV cache.
+
+    Example::
+
+        ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+        wrapper = BatchDecodeWithPagedKVCacheWrapper(ws, "NHD")
+        wrapper.plan(kv_indptr, kv_indices, kv_last_page_len, 32, 8, 128, 16, q_data_type=torch.bfloat16)
+        out = wrapper.run(q, (k_cache, v_cache))      # q [B, 32, 128] -> out [B, 32, 128]
+
+    Args:
+        float_workspace_buffer: uint8/int8 device buffer for split-KV partial states (128 MB is ample).
+        kv_layout: "NHD" or "HND" (see :mod:`pyflashinfer.page`).
+        use_cuda_graph: freeze the batch size and keep every launch parameter independent of the
+            plan, so a graph captured around `run` stays correct after later `plan` calls.
+        use_tensor_cores: True/False chooses the path; None (default) picks by group size and dtype.
+        paged_kv_indptr_buffer, paged_kv_indices_buffer, paged_kv_last_page_len_buffer: the
+            device buffers `plan` copies the page table into (CUDA-graph mode, required there).
+    """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 use_tensor_cores: Optional[bool] = None, paged_kv_indptr_buffer: Optional[torch.Tensor] = None,
+                 paged_kv_indices_buffer: Optional[torch.Tensor] = None,
+                 paged_kv_last_page_len_buffer: Optional[torch.Tensor] = None, backend: str = "auto",
+                 jit_args: Optional[Any] = None) -> None:
+        V.check_kv_layout(kv_layout)
+        V.check_tensor("float_workspace_buffer", float_workspace_buffer, 1)
+        self._layout = kv_layout
+        self._workspace = float_workspace_buffer
+        self._device = float_workspace_buffer.device
+        self._use_tensor_cores = use_tensor_cores
+        self._use_cuda_graph = use_cuda_graph
+        self._plan: Optional[DecodePlan] = None
+        self._buffer: Optional[torch.Tensor] = None
+        if use_cuda_graph:
+            for name, buf in (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
+                              ("paged_kv_indices_buffer", paged_kv_indices_buffer),
+                              ("paged_kv_last_page_len_buffer", paged_kv_last_page_len_buffer)):
+                if buf is None:
+                    raise ValueError(f"use_cuda_graph=True needs {name} (a device tensor the plan writes into)")
+                V.check_tensor(name, buf, 1)
+            if paged_kv_indptr_buffer.shape[0] != paged_kv_last_page_len_buffer.shape[0] + 1:
+                raise ValueError(f"paged_kv_indptr_buffer ({paged_kv_indptr_buffer.shape[0]}) must be one longer than "
+                                 f"paged_kv_last_page_len_buffer ({paged_kv_last_page_len_buffer.shape[0]})")
+            self._fixed_batch = paged_kv_last_page_len_buffer.shape[0]
+        self._indptr_buf = paged_kv_indptr_buffer
+        self._indices_buf = paged_kv_indices_buffer
+        self._last_page_len_buf = paged_kv_last_page_len_buffer
+        self._kv_indices: Optional[torch.Tensor] = None
+
+    @property
+    def use_tensor_cores(self) -> Optional[bool]:
+        return self._use_tensor_cores if self._plan is None else self._plan.use_tensor_cores
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return self._use_cuda_graph
+
+    @property
+    def plan_value(self) -> Optional[DecodePlan]:
+        """The frozen plan `run` executes (None before `plan`)."""
+        return self._plan
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
+        self._workspace = float_workspace_buffer
+
+    def plan(self, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, num_qo_heads: int,
+             num_kv_heads: int, head_dim: int, page_size: int, *deprecated_positional_args: Any,
+             pos_encoding_mode: str = "NONE", window_left: int = -1, window_right: int = 0,
+             logits_soft_cap: Optional[float] = None, q_data_type: Optional[Union[str, torch.dtype]] = "float16",
+             kv_data_type: Optional[Union[str, torch.dtype]] = None,
+             o_data_type: Optional[Union[str, torch.dtype]] = None,
+             data_type: Optional[Union[str, torch.dtype]] = None, sm_scale: Optional[float] = None,
+             rope_scale: Optional[float] = None, rope_theta: Optional[float] = None, non_blocking: bool = True,
+             block_tables: Optional[torch.Tensor] = None, seq_lens: Optional[torch.Tensor] = None,
+             fixed_split_size: Optional[int] = None, disable_split_kv: bool = False, q_len_per_req: int = 1,
+             check_indices: bool = False) -> None:
+        """Plan decode for a batch: host-side, may sync (it reads the page table's indptr and
+        last_page_len on the host), one host-to-device copy. The page table:
+        indptr [B+1], indices [indptr[-1]] (page ids), last_page_len [B] in [1, page_size]
+        (0 for an empty request). `check_indices=True` also reads the page ids (a sync) to reject
+        negative ones; `run` then rejects ids past the cache's last page."""
+        if deprecated_positional_args:
+            if len(deprecated_positional_args) > len(_LEGACY_PLAN_ARGS):
+                raise TypeError(f"plan() takes at most {7 + len(_LEGACY_PLAN_ARGS)} positional arguments")
+            legacy = dict(zip(_LEGACY_PLAN_ARGS, deprecated_positional_args))
+            return self.plan(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
+                             **{**dict(pos_encoding_mode=pos_encoding_mode, window_left=window_left,
+                                       logits_soft_cap=logits_soft_cap, q_data_type=q_data_type,
+                                       kv_data_type=kv_data_type, o_data_type=o_data_type, data_type=data_type,
+                                       sm_scale=sm_scale, rope_scale=rope_scale, rope_theta=rope_theta,
+                                       non_blocking=non_blocking, fixed_split_size=fixed_split_size,
+                                       disable_split_kv=disable_split_kv, q_len_per_req=q_len_per_req,
+                                       check_indices=check_indices), **legacy})
+        if q_len_per_req != 1:
+            raise NotImplementedError(f"q_len_per_req={q_len_per_req}: only one query token per request is "
+                                      "supported in decode; use BatchPrefillWithPagedKVCacheWrapper")
+        if window_right != 0:
+            raise NotImplementedError("window_right is not supported (FlashInfer supports it only in cute-dsl)")
+        if block_tables is not None or seq_lens is not None:
+            raise NotImplementedError("block_tables/seq_lens (trtllm-style page tables) are not supported; "
+                                      "pass indptr/indices/last_page_len")
+        V.check_heads(num_qo_heads, num_kv_heads)
+        V.check_head_dim("head_dim", head_dim)
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
+        q_dtype = canonicalize_dtype(q_data_type if data_type is None else data_type)
+        kv_dtype = canonicalize_dtype(kv_data_type) or canonicalize_dtype(data_type) or q_dtype
+        o_dtype = canonicalize_dtype(o_data_type) or q_dtype
+        if q_dtype not in V.FLOAT16_TYPES:
+            raise TypeError(f"q_data_type: expected float16 or bfloat16, got {q_dtype}")
+        if kv_dtype not in V.KV_TYPES or (kv_dtype in V.FLOAT16_TYPES and kv_dtype != q_dtype):
+            raise TypeError(f"kv_data_type: expected {q_dtype} or an fp8 type, got {kv_dtype}")
+        if o_dtype not in V.FLOAT16_TYPES:
+            raise TypeError(f"o_data_type: expected float16 or bfloat16, got {o_dtype}")
+
+        batch = last_page_len.shape[0] if isinstance(last_page_len, torch.Tensor) else -1
+        indptr_h = _host_int32("indptr", indptr, batch + 1)
+        last_h = _host_int32("last_page_len", last_page_len)
+        V.check_tensor("indices", indices, 1)
+        if indptr_h[0] != 0 or bool((indptr_h[1:] < indptr_h[:-1]).any()):
+            raise ValueError(f"indptr: expected non-decreasing page offsets starting at 0, got {indptr_h.tolist()[:16]}")
+        if indices.shape[0] < int(indptr_h[-1]):
+            raise ValueError(f"indices: expected at least indptr[-1] = {int(indptr_h[-1])} page ids, "
+                             f"got {indices.shape[0]}")
+        pages = indptr_h[1:] - indptr_h[:-1]
+        bad = ((pages > 0) & ((last_h < 1) | (last_h > page_size))) | ((pages == 0) & (last_h != 0))
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0])
+            raise ValueError(f"last_page_len[{b}] = {int(last_h[b])}: expected 1..page_size ({page_size}) for a "
+                             f"request with pages, 0 for an empty one ({int(pages[b])} pages)")
+        if check_indices and indices.numel() and int(indices[: int(indptr_h[-1])].min()) < 0:
+            raise ValueError("indices: page ids must be >= 0")
+        if self._use_cuda_graph and batch != self._fixed_batch:
+            raise ValueError(f"this CUDA-graph wrapper was built for batch size {self._fixed_batch}, got {batch}")
+
+        seq = torch.where(pages > 0, (pages - 1).clamp(min=0) * page_size + last_h, 0).to(torch.int32)
+        group = num_qo_heads // num_kv_heads
+        use_tc = self._use_tensor_cores
+        if use_tc is None:
+            use_tc = _auto_tensor_cores(group, kv_dtype)
+        if use_tc:
+            block_n, num_warps, num_stages = _TC_DECODE["block_n"], _TC_DECODE["num_warps"], _TC_DECODE["num_stages"]
+        else:
+            tile = decode_tile(max(1, 1 << (group - 1).bit_length()), max(16, 1 << (head_dim - 1).bit_length()))
+            block_n, num_warps, num_stages = tile.block_n, tile.num_warps, tile.num_stages
+        sms = num_sms(self._device)
+        min_chunk = 4 * block_n if is_interpreting() else max(256, 4 * block_n)
+        chunk = choose_chunk(seq, num_kv_heads, sms, block_n, min_chunk,
+                             None if fixed_split_size is None else fixed_split_size * page_size, disable_split_kv)
+        # The grid: exactly the work in eager mode; a bound fixed by the batch size in graph mode.
+        max_work = max_work_items(batch, num_kv_heads, sms) if self._use_cuda_graph else \
+            int(torch.clamp((seq + chunk - 1) // chunk, min=1).sum())
+        host, num_work, num_partials = build_decode_buffer(seq, indptr_h, chunk, max_work,
+                                                           pin=self._device.type == "cuda")
+
+        need = max_work * num_qo_heads * (head_dim + 1) * 4
+        if self._workspace.numel() * self._workspace.element_size() < need:
+            raise ValueError(f"float_workspace_buffer: this plan needs {need} bytes for split-KV partial states, "
+                             f"the buffer has {self._workspace.numel() * self._workspace.element_size()}")
+        ws = self._workspace.view(torch.uint8)[:need].view(torch.float32)
+        part_o = ws[: max_work * num_qo_heads * head_dim].view(max_work, num_qo_heads, head_dim)
+        part_lse = ws[max_work * num_qo_heads * head_dim:].view(max_work, num_qo_heads)
+
+        if self._buffer is None or self._buffer.numel() != host.numel() or not self._use_cuda_graph:
+            if self._use_cuda_graph and self._buffer is not None:
+                raise ValueError("a CUDA-graph plan must keep num_kv_heads fixed across plans")
+            self._buffer = torch.empty(buffer_len(batch, max_work), dtype=torch.int32, device=self._device)
+        self._buffer.copy_(host, non_blocking=non_blocking)
+        if self._use_cuda_graph:
+            n_idx = int(indptr_h[-1])
+            if self._indices_buf.shape[0] < n_idx:
+                raise ValueError(f"paged_kv_indices_buffer holds {self._indices_buf.shape[0]} page ids, "
+                                 f"the plan needs {n_idx}")
+            self._indptr_buf.copy_(indptr, non_blocking=non_blocking)
+            self._last_page_len_buf.copy_(last_page_len, non_blocking=non_blocking)
+            self._indices_buf[:n_idx].copy_(indices[:n_idx], non_blocking=non_blocking)
+            self._kv_indices = self._indices_buf
+        else:
+            if indices.device != self._device:
+                raise ValueError(f"indices: expected a tensor on {self._device}, got one on {indices.device}")
+            self._kv_indices = indices
+        self._max_page_id = int(indices[: int(indptr_h[-1])].max()) if check_indices and int(indptr_h[-1]) else None
+
+        mode = V.check_pos_encoding_mode(pos_encoding_mode)
+        V.check_window_left(window_left)
+        self._plan = DecodePlan(
+            batch_size=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+            page_size=page_size, q_dtype=q_dtype, kv_dtype=kv_dtype, o_dtype=o_dtype,
+            variant=Variant(sm_scale=1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale),
+                            window_left=window_left, soft_cap=V.check_soft_cap(logits_soft_cap),
+                            use_rope=mode == PosEncodingMode.ROPE_LLAMA,
+                            rope_scale=1.0 if rope_scale is None else float(rope_scale),
+                            rope_theta=1e4 if rope_theta is None else float(rope_theta),
+                            use_alibi=mode == PosEncodingMode.ALIBI),
+            use_tensor_cores=bool(use_tc), block_n=block_n, kv_chunk=chunk, num_work=num_work, max_work=max_work,
+            num_partials=num_partials, max_seq_len=int(seq.max()) if batch else 0, buffer=self._buffer,
+            part_o=part_o, part_lse=part_lse)
+        self._launch_cfg = (num_warps, num_stages)
+        self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
+
+    begin_forward = plan
+
+    def run(self, q: torch.Tensor, paged_kv_cache: PagedKVCache, *args, q_scale: Optional[float] = None,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+            lse: Optional[torch.Tensor] = None, return_lse: bool = False, enable_pdl: Optional[bool] = None,
+            window_left: Optional[int] = None, sinks: Optional[torch.Tensor] = None,
+            q_len_per_req: Optional[int] = None, skip_softmax_threshold_scale_factor: Optional[float] = None,
+            kv_cache_sf=None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Decode attention of q [B, H_qo, D] over the planned pages. Returns out [B, H_qo, D]
+        in the planned o dtype (and lse [B, H_qo], fp32, base 2, with return_lse). q_scale and
+        k_scale fold into sm_scale, v_scale multiplies the output (fp8 calibration)."""
+        plan = self._plan
+        if plan is None:
+            raise RuntimeError("run() before plan(): call plan() with the batch's page table first")
+        if args:
+            raise TypeError(f"run() got {len(args)} unexpected positional arguments; pass scales as keywords")
+        if sinks is not None or kv_cache_sf is not None or skip_softmax_threshold_scale_factor is not None:
+            raise NotImplementedError("sinks, kv_cache_sf and skip_softmax_threshold_scale_factor are not supported")
+        if q_len_per_req not in (None, 1):
+            raise NotImplementedError(f"q_len_per_req={q_len_per_req}: only 1 is supported")
+        if window_left is not None and window_left != plan.variant.window_left:
+            raise ValueError(f"window_left={window_left} at run differs from {plan.variant.window_left} given to "
+                             "plan(); pass it to plan()")
+        cache = unpack_paged_kv_cache(paged_kv_cache, self._layout)
+        shape = (plan.batch_size, plan.num_qo_heads, plan.head_dim)
+        if tuple(q.shape) != shape:
+            raise ValueError(f"q: expected shape {shape} (batch, num_qo_heads, head_dim) as planned, got {tuple(q.shape)}")
+        if q.dtype != plan.q_dtype:
+            raise ValueError(f"q: the plan fixed q_data_type={plan.q_dtype}, got {q.dtype}; pass "
+                             "q_data_type to plan()")
+        if cache.k.dtype != plan.kv_dtype:
+            raise ValueError(f"paged_kv_cache: the plan fixed kv_data_type={plan.kv_dtype}, got {cache.k.dtype}")
+        if (cache.page_size, cache.num_kv_heads, cache.head_dim) != (plan.page_size, plan.num_kv_heads, plan.head_dim):
+            raise ValueError(f"paged_kv_cache: expected page_size {plan.page_size}, {plan.num_kv_heads} kv heads, "
+                             f"head_dim {plan.head_dim} as planned, got {cache.page_size}, {cache.num_kv_heads}, "
+                             f"{cache.head_dim}")
+        if q.stride(-1) != 1:
+            raise ValueError(f"q: the last dimension must have stride 1, got strides {tuple(q.stride())}")
+        if q.device != self._device or cache.k.device != self._device:
+            raise ValueError(f"q and paged_kv_cache must be on the workspace's device {self._device}, got "
+                             f"{q.device} and {cache.k.device}")
+        if self._max_page_id is not None and self._max_page_id >= cache.k.shape[0]:
+            raise ValueError(f"indices: page id {self._max_page_id} is past the cache's {cache.k.shape[0]} pages")
+        if out is None:
+            out = empty_output(*shape, dtype=plan.o_dtype, device=self._device)
+        else:
+            V.check_out("out", out, shape, plan.o_dtype, self._device)
+        if return_lse:
+            if lse is None:
+                lse = empty_output(plan.batch_size, plan.num_qo_heads, dtype=torch.float32, device=self._device)
+            else:
+                V.check_out("lse", lse, shape[:2], torch.float32, self._device)
+        else:
+            lse = None
+        var = plan.variant
+        sm_scale = var.sm_scale * (1.0 if q_scale is None else float(q_scale)) * (1.0 if k_scale is None else float(k_scale))
+        num_warps, num_stages = self._launch_cfg
+        paged_decode(
+            q=q, k=cache.k, v=cache.v, kv_indices=self._kv_indices, plan_buf=plan.buffer, part_o=plan.part_o,
+            part_lse=plan.part_lse, out=out, lse=lse, alibi=self._alibi, batch=plan.batch_size,
+            max_work=plan.max_work, hnd=self._layout == "HND", use_tensor_cores=plan.use_tensor_cores,
+            block_n=plan.block_n, num_warps=num_warps, num_stages=num_stages,
+            merge=self._use_cuda_graph or plan.num_partials > 0, sm_scale=sm_scale,
+            soft_cap=var.soft_cap, window_left=var.window_left, rope_rcp_scale=1.0 / var.rope_scale,
+            rope_log2_theta=math.log2(var.rope_theta), v_scale=1.0 if v_scale is None else float(v_scale),
+            use_rope=var.use_rope, use_alibi=var.use_alibi)
+        return (out, lse) if return_lse else out
+
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+
+    def forward(self, q, paged_kv_cache, *args, **kwargs):
+        """Deprecated alias of run()."""
+        return self.run(q, paged_kv_cache, *args, **kwargs)
+
+    def forward_return_lse(self, q, paged_kv_cache, *args, **kwargs):
+        return self.run(q, paged_kv_cache, *args, return_lse=True, **kwargs)
+
+    def end_forward(self) -> None:
+        """No-op, kept for compatibility."""
+
+
+class CUDAGraphBatchDecodeWithPagedKVCacheWrapper(BatchDecodeWithPagedKVCacheWrapper):
+    """BatchDecodeWithPagedKVCacheWrapper in CUDA-graph mode, FlashInfer's positional order."""
+
+    def __init__(self, workspace_buffer: torch.Tensor, indptr_buffer: torch.Tensor, indices_buffer: torch.Tensor,
+                 last_page_len_buffer: torch.Tensor, kv_layout: str = "NHD",
+                 use_tensor_cores: Optional[bool] = None) -> None:
+        super().__init__(workspace_buffer, kv_layout, use_cuda_graph=True, use_tensor_cores=use_tensor_cores,
+                         paged_kv_indptr_buffer=indptr_buffer, paged_kv_indices_buffer=indices_buffer,
+                         paged_kv_last_page_len_buffer=last_page_len_buffer)

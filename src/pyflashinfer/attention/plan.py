@@ -1,0 +1,155 @@
+"""Host-only scheduling for the batch wrappers: plans are frozen values.
+
+A decode plan cuts every request's KV into chunks of one size, chosen so that the programs of
+the launch (work items x KV heads) fill about two waves of the GPU's SMs: a batch of 16 long
+requests splits each into several chunks, a batch of 256 short ones is not split at all. Split
+requests write partial states to the float workspace; a merge launch combines them.
+
+Everything the kernels read about the plan travels in one int32 buffer and one host-to-device
+copy:  [work: 5 rows x max_work | seq_lens: B | merge_indptr: B + 1 | kv_indptr: B + 1 |
+       qo_indptr: B + 1]
+with work rows (request, row tile, kv start, kv end, partial slot); request -1 is padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import triton
+
+from .launch import Variant
+
+WORK_FIELDS = 5
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    batch_size: int
+    num_qo_heads: int
+    num_kv_heads: int
+    head_dim: int
+    page_size: int
+    q_dtype: torch.dtype
+    kv_dtype: torch.dtype
+    o_dtype: torch.dtype
+    variant: Variant
+    use_tensor_cores: bool
+    block_n: int
+    kv_chunk: int            # tokens per work item
+    num_work: int            # work items with a request (the rest of max_work is padding)
+    max_work: int            # grid axis 0 (fixed across plans in CUDA-graph mode)
+    num_partials: int        # partial rows the split requests write
+    max_seq_len: int
+    buffer: torch.Tensor = field(repr=False)      # int32, on the device
+    part_o: torch.Tensor = field(repr=False)      # fp32 [max_work, H_qo, D], a view of the workspace
+    part_lse: torch.Tensor = field(repr=False)    # fp32 [max_work, H_qo]
+
+    @property
+    def work(self) -> torch.Tensor:
+        return self.buffer[: WORK_FIELDS * self.max_work].view(WORK_FIELDS, self.max_work)
+
+    def _section(self, i: int) -> torch.Tensor:
+        start, length = section(self.batch_size, self.max_work, i)
+        return self.buffer[start: start + length]
+
+    @property
+    def seq_lens(self) -> torch.Tensor:
+        return self._section(0)
+
+    @property
+    def merge_indptr(self) -> torch.Tensor:
+        return self._section(1)
+
+    @property
+    def kv_indptr(self) -> torch.Tensor:
+        return self._section(2)
+
+    @property
+    def qo_indptr(self) -> torch.Tensor:
+        return self._section(3)
+
+    def __repr__(self) -> str:
+        splits = f"{self.num_work} work items for {self.batch_size} requests"
+        return (f"DecodePlan(batch={self.batch_size}, heads={self.num_qo_heads}/{self.num_kv_heads}, "
+                f"head_dim={self.head_dim}, page_size={self.page_size}, "
+                f"{'tensor cores' if self.use_tensor_cores else 'CUDA cores'}, kv_chunk={self.kv_chunk}, {splits}, "
+                f"{self.num_partials} partial rows, grid=({self.max_work}, {self.num_kv_heads}), "
+                f"max_seq_len={self.max_seq_len}, dtypes q={self.q_dtype} kv={self.kv_dtype} o={self.o_dtype})")
+
+
+def section(batch_size: int, max_work: int, i: int) -> tuple[int, int]:
+    """(start, length) of section i (0 seq_lens, 1 merge_indptr, 2 kv_indptr, 3 qo_indptr)."""
+    b = batch_size
+    return WORK_FIELDS * max_work + (0 if i == 0 else b + (i - 1) * (b + 1)), (b if i == 0 else b + 1)
+
+
+def buffer_len(batch_size: int, max_work: int) -> int:
+    return WORK_FIELDS * max_work + 4 * batch_size + 3
+
+
+def max_work_items(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
+    """Work items a plan may produce: one per request, or up to the split target."""
+    return max(batch_size, triton.cdiv(2 * num_sms, num_kv_heads))
+
+
+def choose_chunk(seq_lens: torch.Tensor, num_kv_heads: int, num_sms: int, block_n: int, min_chunk: int,
+                 fixed_split_tokens: Optional[int], disable_split: bool) -> int:
+    """Tokens per work item: the smallest multiple of block_n (>= min_chunk) for which the
+    launch stays within two waves of programs; no split when the batch alone fills them."""
+    max_len = int(seq_lens.max()) if seq_lens.numel() else 0
+    whole = max(triton.cdiv(max(max_len, 1), block_n) * block_n, block_n)
+    if fixed_split_tokens is not None:
+        return fixed_split_tokens
+    target = 2 * num_sms
+    batch = seq_lens.numel()
+    if disable_split or batch * num_kv_heads >= target or max_len <= min_chunk:
+        return whole
+
+    def programs(chunk: int) -> int:
+        return int(torch.clamp((seq_lens + chunk - 1) // chunk, min=1).sum()) * num_kv_heads
+
+    lo, hi = triton.cdiv(min_chunk, block_n), whole // block_n  # in units of block_n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if programs(mid * block_n) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo * block_n
+
+
+def build_decode_buffer(seq_lens: torch.Tensor, kv_indptr: torch.Tensor, chunk: int, max_work: int,
+                        pin: bool) -> tuple[torch.Tensor, int, int]:
+    """seq_lens [B] and kv_indptr [B + 1] are int32 host tensors."""
+    """The plan's int32 host buffer (pinned when a GPU will read it), and (num_work, num_partials)."""
+    batch = seq_lens.numel()
+    n = torch.clamp((seq_lens + chunk - 1) // chunk, min=1)
+    num_work = int(n.sum())
+    if num_work > max_work:
+        raise ValueError(f"the plan needs {num_work} work items but this wrapper holds {max_work} "
+                         "(CUDA-graph buffers are sized at construction); raise fixed_split_size or "
+                         "leave it unset")
+    req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), n)
+    first = torch.cumsum(n, 0) - n
+    idx = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(first, n).to(torch.int32)
+    lo = idx * chunk
+    hi = torch.minimum(lo + chunk, seq_lens[req.long()])
+    split = n > 1
+    parts = torch.where(split, n, 0)
+    merge_indptr = torch.zeros(batch + 1, dtype=torch.int32)
+    merge_indptr[1:] = torch.cumsum(parts, 0)
+    slot = torch.where(split[req.long()], merge_indptr[req.long()] + idx, -1)
+
+    buf = torch.empty(buffer_len(batch, max_work), dtype=torch.int32, pin_memory=pin)
+    work = buf[: WORK_FIELDS * max_work].view(WORK_FIELDS, max_work)
+    work.fill_(0)
+    work[0].fill_(-1)
+    work[0, :num_work] = req
+    work[2, :num_work] = lo
+    work[3, :num_work] = hi
+    work[4, :num_work] = slot
+    for i, values in enumerate((seq_lens, merge_indptr, kv_indptr, torch.arange(batch + 1, dtype=torch.int32))):
+        start, length = section(batch, max_work, i)
+        buf[start: start + length] = values
+    return buf, num_work, int(merge_indptr[-1])

@@ -1,0 +1,108 @@
+"""Building blocks shared by the sampling kernels: random numbers, order keys, tiles, and the
+one-pass weighted reservoir that draws a token without knowing the row's total mass.
+
+Values ("v") are what a token is sampled in proportion to: the probability itself, or
+exp(logit - row max) when the input is logits (so the largest value is 1.0).
+"""
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+BIG_INDEX: tl.constexpr = 2147483647
+
+
+@triton.jit
+def uniform2(seed, offset, stream, counter):
+    """Two independent U[0, 1) draws (24-bit grid) from Philox-4x32-10.
+
+    Key = `seed` (int64), counter = (offset low, offset high, stream, counter): a call that
+    moves `offset` on never reuses a counter of an earlier call.
+    """
+    c0 = offset.to(tl.uint32)
+    c1 = (offset >> 32).to(tl.uint32)
+    r0, r1, _r2, _r3 = tl.philox(seed, c0, c1, stream.to(tl.uint32), counter.to(tl.uint32))
+    scale = 5.9604644775390625e-08  # 2**-24
+    return (r0 >> 8).to(tl.float32) * scale, (r1 >> 8).to(tl.float32) * scale
+
+
+@triton.jit
+def order_key(x):
+    """fp32 -> uint32 whose unsigned order is the float order (-inf < ... < -0 < +0 < ... < +inf)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    flip = tl.where((bits >> 31) != 0, 0xFFFFFFFF, 0x80000000).to(tl.uint32)
+    return bits ^ flip
+
+
+@triton.jit
+def bit_midpoint(a, b):
+    """The float halfway between non-negative a <= b in bit space (a when they are adjacent)."""
+    a_bits = tl.maximum(a, 0.0).to(tl.int32, bitcast=True)
+    b_bits = b.to(tl.int32, bitcast=True)
+    return (a_bits + (b_bits - a_bits) // 2).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def float_below(t):
+    """The largest float below t > 0, or -1.0 when t <= 0 (so that `v > result` <=> `v >= t`)."""
+    prev = (tl.maximum(t, 1e-45).to(tl.int32, bitcast=True) - 1).to(tl.float32, bitcast=True)
+    return tl.where(t > 0.0, prev, -1.0)
+
+
+@triton.jit
+def load_tile(x_ptr, row_off, cols, mask, IS_LOGITS: tl.constexpr):
+    """[ROWS, BLOCK] tile of raw inputs as fp32 (masked entries: -inf logits, 0 probabilities).
+    `cols` is [1, BLOCK] or [ROWS, BLOCK]; `row_off` the int64 offset of each row."""
+    ptrs = x_ptr + row_off[:, None] + cols
+    if IS_LOGITS:
+        x = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
+    else:
+        x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def tile_values(x, mask, row_max, IS_LOGITS: tl.constexpr):
+    """Sampling weights of a tile: probabilities (NaN and negatives count as 0), or
+    exp(logit - row_max) for logits. Zero outside `mask`."""
+    if IS_LOGITS:
+        v = tl.exp2((x - row_max[:, None]) * LOG2E)
+        keep = mask & (x > float("-inf"))
+    else:
+        v = x
+        keep = mask & (x > 0.0)
+    return tl.where(keep, v, 0.0)
+
+
+@triton.jit
+def reservoir_step(block_mass, total, tile, residual, u, j):
+    """Weighted reservoir over tiles: after tile j, the kept tile is j with probability
+    block_mass / (total + block_mass). `residual` is the uniform left for the draw inside the
+    kept tile (u * total / block_mass when kept), so one uniform per tile suffices."""
+    total = total + block_mass
+    take = u * total < block_mass
+    tile = tl.where(take, j, tile)
+    residual = tl.where(take, u * total / tl.where(take, block_mass, 1.0), residual)
+    return total, tile, residual
+
+
+@triton.jit
+def pick_in_tile(x_ptr, row_off, row_mask, vocab, tile, residual, row_max, lo, hi, thr_key,
+                 IS_LOGITS: tl.constexpr, HAS_SUPPORT: tl.constexpr, BLOCK: tl.constexpr):
+    """Resolve a reservoir draw: the token of tile `tile` where the running sum of the weights
+    in (lo, hi) (and in the top-k support when HAS_SUPPORT) first exceeds residual x tile mass.
+    Only tokens of positive weight are eligible. Returns (token, value); token -1 if none."""
+    cols = tile[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
+    mask = row_mask[:, None] & (cols < vocab)
+    x = load_tile(x_ptr, row_off, cols, mask, IS_LOGITS)
+    if HAS_SUPPORT:
+        mask = mask & (order_key(x) >= thr_key[:, None])
+    v = tile_values(x, mask, row_max, IS_LOGITS)
+    w = tl.where((v > lo[:, None]) & (v < hi[:, None]), v, 0.0)
+    csum = tl.cumsum(w, axis=1)
+    target = residual * tl.max(csum, axis=1)
+    first = tl.min(tl.where((csum > target[:, None]) & (w > 0.0), cols, BIG_INDEX), axis=1)
+    last = tl.max(tl.where(w > 0.0, cols, -1), axis=1)
+    token = tl.where(first == BIG_INDEX, last, first)
+    value = tl.sum(tl.where(cols == token[:, None], w, 0.0), axis=1)
+    return token, value
+
