@@ -61,21 +61,21 @@ def test_empty(device):
     assert act.silu_and_mul(torch.zeros(0, 64, device=device).half()).shape == (0, 32)
 
 
-BAD = [
-    ("odd-last-dim", dict(input=torch.randn(4, 63).half()), ValueError, "even"),
-    ("fp32", dict(input=torch.randn(4, 64)), TypeError, "float16"),
-    ("out-shape", dict(out=torch.empty(4, 64).half()), ValueError, r"\(4, 32\)"),
-    ("out-dtype", dict(out=torch.empty(4, 32).bfloat16()), TypeError, "out"),
-    ("last-dim-strided", dict(input=torch.randn(4, 128).half()[:, ::2]), ValueError, "stride 1"),
-    ("leading-dims-not-viewable", dict(input=torch.randn(3, 4, 80).half()[:, :, :64].transpose(0, 1)),
-     ValueError, "contiguous"),
+BAD = [  # built on the test's device: a strided view copied across devices would arrive contiguous
+    ("odd-last-dim", lambda d: dict(input=torch.randn(4, 63, device=d).half()), ValueError, "even"),
+    ("fp32", lambda d: dict(input=torch.randn(4, 64, device=d)), TypeError, "float16"),
+    ("out-shape", lambda d: dict(out=torch.empty(4, 64, device=d).half()), ValueError, r"\(4, 32\)"),
+    ("out-dtype", lambda d: dict(out=torch.empty(4, 32, device=d).bfloat16()), TypeError, "out"),
+    ("last-dim-strided", lambda d: dict(input=torch.randn(4, 128, device=d).half()[:, ::2]), ValueError, "stride 1"),
+    ("leading-dims-not-viewable",
+     lambda d: dict(input=torch.randn(3, 4, 80, device=d).half()[:, :, :64].transpose(0, 1)), ValueError, "contiguous"),
 ]
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
 def test_bad_input(case, device):
-    _, over, exc, msg = case
-    args = dict(input=torch.randn(4, 64).half())
-    args.update(over)
+    _, make, exc, msg = case
+    args = dict(input=torch.randn(4, 64, device=device).half())
+    args.update(make(device))
     with pytest.raises(exc, match=msg):
-        act.silu_and_mul(**{n: t.to(device) for n, t in args.items()})
+        act.silu_and_mul(**args)

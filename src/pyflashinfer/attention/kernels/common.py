@@ -83,3 +83,13 @@ def kv_offsets(offs_n, mask_n, page_ptr, stride_page, stride_tok, PAGED: tl.cons
         return page * stride_page + (offs_n % PAGE_SIZE).to(tl.int64) * stride_tok
     else:
         return offs_n.to(tl.int64) * stride_tok
+
+
+@triton.jit
+def store_out(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_r, o_off, stride_on, stride_oh,
+              l_off, stride_ln, stride_lh, WRITE_LSE: tl.constexpr):
+    """Store final rows (rows: int64 token index, head: qo head) into out [.., H, D] and lse."""
+    tl.store(o_ptr + o_off + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=mask_o)
+    if WRITE_LSE:
+        tl.store(lse_ptr + l_off + rows * stride_ln + head * stride_lh, lse, mask=mask_r)

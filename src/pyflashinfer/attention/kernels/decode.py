@@ -9,7 +9,7 @@ request split into kv_chunk ranges (axis 2), or a batch plan's work list (axis 0
 import triton
 import triton.language as tl
 
-from .common import finalize, kv_offsets, load_rope, load_work, logits_log2
+from .common import finalize, kv_offsets, load_rope, load_work, logits_log2, store_out
 
 
 @triton.jit(do_not_specialize=["kv_len", "group_size", "kv_chunk", "window_left"])
@@ -39,7 +39,6 @@ def decode_fwd_kernel(
         row = req.to(tl.int64)
     else:
         kv_start = 0
-        slot = -1
         row = tl.program_id(0).to(tl.int64)
         lo = pid_s * kv_chunk
         hi = tl.minimum(lo + kv_chunk, kv_len)
@@ -108,12 +107,15 @@ def decode_fwd_kernel(
 
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_g[:, None] & mask_dvo[None, :]
-    if slot >= 0:  # a partial state of a split request (batch plans)
-        p_row = slot.to(tl.int64)
-        tl.store(part_o_ptr + p_row * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :], out, mask=mask_o)
-        tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_g)
+    rows = row + tl.zeros([BLOCK_G], dtype=tl.int64)
+    if BATCHED:
+        if slot >= 0:  # a partial state of a split request
+            p_row = slot.to(tl.int64)
+            tl.store(part_o_ptr + p_row * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :], out, mask=mask_o)
+            tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_g)
+        else:
+            store_out(o_ptr, lse_ptr, out, lse, rows, head, offs_dvo, mask_o, mask_g, 0, stride_on, stride_oh,
+                      0, stride_ln, stride_lh, WRITE_LSE)
     else:
-        o_ptrs = o_ptr + pid_s.to(tl.int64) * stride_os + row * stride_on + head[:, None] * stride_oh + offs_dvo[None, :]
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_o)
-        if WRITE_LSE:
-            tl.store(lse_ptr + pid_s.to(tl.int64) * stride_ls + row * stride_ln + head * stride_lh, lse, mask=mask_g)
+        store_out(o_ptr, lse_ptr, out, lse, rows, head, offs_dvo, mask_o, mask_g, pid_s.to(tl.int64) * stride_os,
+                  stride_on, stride_oh, pid_s.to(tl.int64) * stride_ls, stride_ln, stride_lh, WRITE_LSE)

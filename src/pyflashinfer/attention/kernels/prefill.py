@@ -15,7 +15,7 @@ Axis 1 is the KV head.
 import triton
 import triton.language as tl
 
-from .common import finalize, kv_offsets, load_rope, load_work, logits_log2
+from .common import finalize, kv_offsets, load_rope, load_work, logits_log2, store_out
 
 
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
@@ -48,7 +48,6 @@ def attention_fwd_kernel(
         pid_m = tl.program_id(0)
         q_start = 0
         kv_start = 0
-        slot = -1
         lo = pid_s * kv_chunk
         hi = tl.minimum(lo + kv_chunk, kv_len)
 
@@ -134,13 +133,15 @@ def attention_fwd_kernel(
 
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_m[:, None] & mask_dvo[None, :]
-    if slot >= 0:  # a partial state of a split request (batch plans)
-        p_row = (slot + tok).to(tl.int64)
-        tl.store(part_o_ptr + p_row[:, None] * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :], out, mask=mask_o)
-        tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_m)
+    if BATCHED:
+        if slot >= 0:  # a partial state of a split request
+            p_row = (slot + tok).to(tl.int64)
+            tl.store(part_o_ptr + p_row[:, None] * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :],
+                     out, mask=mask_o)
+            tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_m)
+        else:
+            store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, 0, stride_on, stride_oh,
+                      0, stride_ln, stride_lh, WRITE_LSE)
     else:
-        o_ptrs = (o_ptr + pid_s.to(tl.int64) * stride_os + tok_g[:, None] * stride_on
-                  + head[:, None] * stride_oh + offs_dvo[None, :])
-        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_o)
-        if WRITE_LSE:
-            tl.store(lse_ptr + pid_s.to(tl.int64) * stride_ls + tok_g * stride_ln + head * stride_lh, lse, mask=mask_m)
+        store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, pid_s.to(tl.int64) * stride_os,
+                  stride_on, stride_oh, pid_s.to(tl.int64) * stride_ls, stride_ln, stride_lh, WRITE_LSE)

@@ -12,17 +12,19 @@ BIG_INDEX: tl.constexpr = 2147483647
 
 
 @triton.jit
-def uniform2(seed, offset, stream, counter):
-    """Two independent U[0, 1) draws (24-bit grid) from Philox-4x32-10.
+def uniform4(seed, offset, stream, counter):
+    """Four independent U[0, 1) draws (24-bit grid) from Philox-4x32-10.
 
     Key = `seed` (int64), counter = (offset low, offset high, stream, counter): a call that
     moves `offset` on never reuses a counter of an earlier call.
     """
     c0 = offset.to(tl.uint32)
     c1 = (offset >> 32).to(tl.uint32)
-    r0, r1, _r2, _r3 = tl.philox(seed, c0, c1, stream.to(tl.uint32), counter.to(tl.uint32))
+    ctr = (tl.zeros_like(stream) + counter).to(tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, stream.to(tl.uint32), ctr)
     scale = 5.9604644775390625e-08  # 2**-24
-    return (r0 >> 8).to(tl.float32) * scale, (r1 >> 8).to(tl.float32) * scale
+    return ((r0 >> 8).to(tl.float32) * scale, (r1 >> 8).to(tl.float32) * scale,
+            (r2 >> 8).to(tl.float32) * scale, (r3 >> 8).to(tl.float32) * scale)
 
 
 @triton.jit
@@ -44,7 +46,8 @@ def bit_midpoint(a, b):
 @triton.jit
 def float_below(t):
     """The largest float below t > 0, or -1.0 when t <= 0 (so that `v > result` <=> `v >= t`)."""
-    prev = (tl.maximum(t, 1e-45).to(tl.int32, bitcast=True) - 1).to(tl.float32, bitcast=True)
+    bits = t.to(tl.int32, bitcast=True)
+    prev = (tl.maximum(bits, 1) - 1).to(tl.float32, bitcast=True)
     return tl.where(t > 0.0, prev, -1.0)
 
 

@@ -1,0 +1,188 @@
+"""FlashInfer's sampling entry points: one fused kernel launch each, no sort, no host sync.
+
+How a filter is applied without sorting: kernels/sample.py (rejection sampling with pivots,
+one pass over the row per round, at most 32 rounds) and kernels/topk.py (radix select for
+top-k as a filter of its own). Common arguments of every function here:
+
+  probs / logits  [num_rows, vocab] float32, float16 or bfloat16; rows may be strided, the
+                  vocabulary dimension must have stride 1. Probabilities need not sum to 1:
+                  they are sampled in proportion (top-p is relative to the row's mass).
+  indices         optional [batch] int32/int64: output i samples from row indices[i]; the output
+                  then has the dtype of `indices` (int32 otherwise) and batch = len(indices).
+  top_k, top_p, min_p
+                  a scalar, or a 1-D tensor with one value per output (or per input row, when
+                  `indices` is given). Scalars are range-checked; tensor values are not read on
+                  the host: top_k <= 0 or >= vocab means no top-k, top_p >= 1 no top-p, top_p <= 0
+                  keeps only the largest value(s), min_p is clamped to [0, 1].
+  deterministic   accepted for compatibility; these kernels are always deterministic.
+  generator, seed, offset
+                  randomness: an explicit (seed, offset) pair (ints, or int64 tensors of length 1
+                  or batch for CUDA graphs), else a seed drawn on the device from `generator`.
+  check_nan       scan the input for NaN first (a host sync) and raise ValueError.
+  return_valid    also return `valid` [batch] bool: False where a row had no positive mass.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .._launch import cdiv, empty_output, launch
+from ._common import (MAX_SAMPLING_ROUNDS, RowParam, check_indices, check_nan, check_order, check_rows,
+                      philox_args, row_param, row_tile)
+from .kernels.sample import sampling_kernel
+
+Samples = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
+_NONE = RowParam(None, 0)
+
+
+def _top_k(top_k, **kw) -> RowParam:
+    return row_param("top_k", top_k, integer=True, lo=1, hi=kw.pop("vocab"), **kw)
+
+
+def _top_p(top_p, **kw) -> RowParam:
+    return row_param("top_p", top_p, integer=False, lo=0.0, hi=1.0, lo_open=True, **kw)
+
+
+def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[torch.Tensor],
+            top_k=None, top_p=None, min_p=None, top_k_mode: int = 0, generator=None, seed=None, offset=None,
+            check_nan_: bool = False, return_valid: bool = False) -> Samples:
+    device = check_rows(name, x)
+    check_indices(indices, device)
+    num_rows, vocab = x.shape
+    batch = indices.shape[0] if indices is not None else num_rows
+    ctx = dict(batch=batch, num_rows=num_rows, indices=indices, device=device)
+    k = _top_k(top_k, vocab=vocab, **ctx) if top_k is not None else _NONE
+    p = _top_p(top_p, **ctx) if top_p is not None else _NONE
+    mp = row_param("min_p", min_p, integer=False, lo=0.0, hi=1.0, **ctx) if min_p is not None else _NONE
+    if top_k is not None and not k.per_row and k.scalar >= vocab:
+        top_k_mode = 0  # a scalar top_k of the whole vocabulary filters nothing
+    has_top_p = top_p is not None and (p.per_row or p.scalar < 1.0)
+    check_nan(name, x, check_nan_)
+
+    out_dtype = indices.dtype if indices is not None else torch.int32
+    samples = empty_output(batch, dtype=out_dtype, device=device)
+    valid = empty_output(batch, dtype=torch.bool, device=device) if return_valid else None
+    if batch > 0:
+        tile = row_tile(batch, vocab)
+        launch(sampling_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps,
+               num_stages=tile.num_stages,
+               x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices,
+               top_k_ptr=k.tensor, top_p_ptr=p.tensor, min_p_ptr=mp.tensor,
+               stride_x=x.stride(0), batch=batch, vocab=vocab,
+               top_k=int(k.scalar), top_p=float(p.scalar if top_p is not None else 1.0),
+               min_p=float(mp.scalar), **philox_args(seed, offset, generator, device, batch),
+               IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
+               HAS_TOP_P=has_top_p, HAS_MIN_P=min_p is not None,
+               TOP_K_PER_ROW=k.per_row, TOP_P_PER_ROW=p.per_row, MIN_P_PER_ROW=mp.per_row,
+               WRITE_VALID=return_valid, MAX_ROUNDS=MAX_SAMPLING_ROUNDS, ROWS=tile.rows, BLOCK=tile.block)
+    return (samples, valid) if return_valid else samples
+
+
+def sampling_from_probs(probs: torch.Tensor, indices: Optional[torch.Tensor] = None, deterministic: bool = True,
+                        generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                        seed: Optional[Union[int, torch.Tensor]] = None,
+                        offset: Optional[Union[int, torch.Tensor]] = None,
+                        return_valid: bool = False) -> Samples:
+    """out[i] ~ Categorical(probs[indices[i]]): one pass over the row (weighted reservoir).
+
+    Returns `samples` [batch] (int32, or the dtype of `indices`), or `(samples, valid)`.
+
+    >>> probs = torch.softmax(torch.randn(4, 32000, device="cuda"), -1)
+    >>> pyflashinfer.sampling_from_probs(probs, seed=0, offset=0).shape
+    torch.Size([4])
+    """
+    return _sample(probs, name="probs", is_logits=False, indices=indices, generator=generator, seed=seed,
+                   offset=offset, check_nan_=check_nan, return_valid=return_valid)
+
+
+def sampling_from_logits(logits: torch.Tensor, indices: Optional[torch.Tensor] = None, deterministic: bool = True,
+                         generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                         seed: Optional[Union[int, torch.Tensor]] = None,
+                         offset: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
+    """out[i] ~ Categorical(softmax(logits[indices[i]])), fused: one pass over the logits
+    (online max), -inf logits are never drawn. Returns `samples` [batch]."""
+    return _sample(logits, name="logits", is_logits=True, indices=indices, generator=generator, seed=seed,
+                   offset=offset, check_nan_=check_nan)
+
+
+def top_k_sampling_from_probs(probs: torch.Tensor, top_k: Union[torch.Tensor, int],
+                              indices: Optional[torch.Tensor] = None, deterministic: bool = True,
+                              generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                              seed: Optional[Union[int, torch.Tensor]] = None,
+                              offset: Optional[Union[int, torch.Tensor]] = None,
+                              return_valid: bool = False) -> Samples:
+    """out[i] ~ probs[r] restricted to its k largest entries (ties with the k-th kept), r = indices[i].
+
+    top_k: int in [1, vocab] or [batch] int32/int64 tensor. Returns samples (and valid)."""
+    return _sample(probs, name="probs", is_logits=False, indices=indices, top_k=top_k, top_k_mode=1,
+                   generator=generator, seed=seed, offset=offset, check_nan_=check_nan, return_valid=return_valid)
+
+
+def top_p_sampling_from_probs(probs: torch.Tensor, top_p: Union[torch.Tensor, float],
+                              indices: Optional[torch.Tensor] = None, deterministic: bool = True,
+                              generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                              seed: Optional[Union[int, torch.Tensor]] = None,
+                              offset: Optional[Union[int, torch.Tensor]] = None,
+                              return_valid: bool = False) -> Samples:
+    """out[i] ~ probs[r] restricted to the nucleus {t : sum(p_j for p_j > p_t) < top_p x sum(p)}
+    (the smallest set of largest tokens holding mass >= top_p, ties kept).
+
+    top_p: float in (0, 1] or [batch] float tensor. Returns samples (and valid).
+
+    >>> probs = torch.softmax(torch.randn(128, 128256, device="cuda"), -1)
+    >>> tokens = pyflashinfer.top_p_sampling_from_probs(probs, 0.9)
+    """
+    return _sample(probs, name="probs", is_logits=False, indices=indices, top_p=top_p, generator=generator,
+                   seed=seed, offset=offset, check_nan_=check_nan, return_valid=return_valid)
+
+
+def min_p_sampling_from_probs(probs: torch.Tensor, min_p: Union[torch.Tensor, float],
+                              indices: Optional[torch.Tensor] = None, deterministic: bool = True,
+                              generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                              seed: Optional[Union[int, torch.Tensor]] = None,
+                              offset: Optional[Union[int, torch.Tensor]] = None,
+                              return_valid: bool = False) -> Samples:
+    """out[i] ~ probs[r] restricted to {t : p_t >= min_p x max(p)}.
+
+    min_p: float in [0, 1] or [batch] float tensor. Returns samples (and valid)."""
+    return _sample(probs, name="probs", is_logits=False, indices=indices, min_p=min_p, generator=generator,
+                   seed=seed, offset=offset, check_nan_=check_nan, return_valid=return_valid)
+
+
+def _top_k_mode(filter_apply_order: str) -> int:
+    check_order(filter_apply_order)
+    return 1 if filter_apply_order == "top_k_first" else 2
+
+
+def top_k_top_p_sampling_from_probs(probs: torch.Tensor, top_k: Union[torch.Tensor, int],
+                                    top_p: Union[torch.Tensor, float], indices: Optional[torch.Tensor] = None,
+                                    filter_apply_order: str = "top_k_first", deterministic: bool = True,
+                                    generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                                    seed: Optional[Union[int, torch.Tensor]] = None,
+                                    offset: Optional[Union[int, torch.Tensor]] = None,
+                                    return_valid: bool = False) -> Samples:
+    """Top-k and top-p together.
+
+    "top_k_first": top-p applied to the renormalised top-k distribution (as FlashInfer's
+    top_k_renorm_probs followed by top_p_sampling_from_probs). "joint": a token is kept when it
+    is in the top k and in the top-p nucleus of the original distribution. Returns samples
+    (and valid)."""
+    mode = _top_k_mode(filter_apply_order)
+    return _sample(probs, name="probs", is_logits=False, indices=indices, top_k=top_k, top_p=top_p,
+                   top_k_mode=mode, generator=generator, seed=seed, offset=offset, check_nan_=check_nan,
+                   return_valid=return_valid)
+
+
+def top_k_top_p_sampling_from_logits(logits: torch.Tensor, top_k: Union[torch.Tensor, int],
+                                     top_p: Union[torch.Tensor, float], indices: Optional[torch.Tensor] = None,
+                                     filter_apply_order: str = "top_k_first", deterministic: bool = True,
+                                     generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                                     seed: Optional[Union[int, torch.Tensor]] = None,
+                                     offset: Optional[Union[int, torch.Tensor]] = None) -> torch.Tensor:
+    """top_k_top_p_sampling_from_probs(softmax(logits), ...) fused in one kernel (the softmax
+    is never written). "top_k_first" selects the top k by logit, as FlashInfer's
+    top_k_mask_logits -> softmax -> top_p_sampling_from_probs. Returns samples [batch]."""
+    mode = _top_k_mode(filter_apply_order)
+    return _sample(logits, name="logits", is_logits=True, indices=indices, top_k=top_k, top_p=top_p,
+                   top_k_mode=mode, generator=generator, seed=seed, offset=offset, check_nan_=check_nan)
