@@ -139,14 +139,40 @@ def profile_run():
     pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
 
+def sweep():
+    """GB/s of the tensor-core decode path under each tile config (bf16 and fp8 KV)."""
+    from pyflashinfer.attention.decode import TC_DECODE_TILES
+    ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    rows = []
+    for name in ("gqa4 bs64 kv4096", "gqa4 bs16 kv32768", "mha bs64 kv4096"):
+        w = next(x for x in DECODE if x.name == name)
+        for kv_dtype in ((torch.bfloat16, torch.float8_e4m3fn) if w.q_heads != w.kv_heads else (torch.bfloat16,)):
+            cache, pages, scale = build(w, kv_dtype)
+            for block_n, warps, stages in ((64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (64, 8, 4),
+                                           (128, 4, 4), (256, 8, 3)):
+                TC_DECODE_TILES[cache.element_size()] = dict(block_n=block_n, num_warps=warps, num_stages=stages)
+                sub = []
+                try:
+                    bench_one(w, kv_dtype, True, cache, pages, scale, ws, sub, False)
+                    sub[0]["config"] = f"N{block_n} w{warps} s{stages}"
+                    rows += sub
+                except Exception as e:
+                    print(f"  N{block_n} w{warps} s{stages}: {type(e).__name__}: {str(e)[:100]}")
+            del cache
+    print(table(rows, ["workload", "kv", "config", "us (host)", "GB/s"]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--profile", action="store_true", help="only: host-side profile of run() at gqa4 bs1")
+    ap.add_argument("--sweep", action="store_true", help="only: tensor-core tile configs on three workloads")
     args = ap.parse_args()
     if args.profile:
         return profile_run()
+    if args.sweep:
+        return sweep()
     torch.manual_seed(0)
     import triton
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

@@ -2,7 +2,7 @@
 
 `import pyflashinfer as flashinfer` works in code written for FlashInfer's public API.
 """
-from . import page, utils
+from . import page, quantization, sampling, utils
 from .attention import (
     BatchDecodeWithPagedKVCacheWrapper,
     CUDAGraphBatchDecodeWithPagedKVCacheWrapper,
@@ -23,6 +23,23 @@ from .rope import (
     apply_rope_pos_ids_inplace,
     apply_rope_with_cos_sin_cache,
     apply_rope_with_cos_sin_cache_inplace,
+)
+from .packbits import packbits, segment_packbits
+from .sampling import (
+    chain_speculative_sampling,
+    min_p_sampling_from_probs,
+    sampling_from_logits,
+    sampling_from_probs,
+    softmax,
+    top_k_mask_logits,
+    top_k_renorm_prob,
+    top_k_renorm_probs,
+    top_k_sampling_from_probs,
+    top_k_top_p_sampling_from_logits,
+    top_k_top_p_sampling_from_probs,
+    top_p_renorm_prob,
+    top_p_renorm_probs,
+    top_p_sampling_from_probs,
 )
 from .page import append_paged_kv_cache, get_batch_indices_positions, get_seq_lens
 from .utils import get_alibi_slopes

@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import uuid
+from typing import Optional
 
 import torch
 import triton
@@ -70,30 +71,59 @@ def _fast_key(kernel, device: int, kwargs: dict, num_warps: int, num_stages: int
     return key, bound_args
 
 
-def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -> None:
+class Replay:
+    """A launch made once through `launch`, kept to be made again with other tensors of the
+    same dtypes and 16-byte alignment in the named pointer arguments; every other argument
+    stays as it was. Calling it skips argument binding: one C call to the compiled launcher."""
+
+    __slots__ = ("compiled", "args", "index", "grid", "device")
+
+    def __init__(self, compiled, args: list, names: list, grid, device: int):
+        self.compiled, self.args, self.device = compiled, args, device
+        self.index = {n: i for i, n in enumerate(names)}
+        self.grid = (tuple(grid) + (1, 1))[:3]
+
+    def __call__(self, **tensors) -> None:
+        args = self.args
+        for name, t in tensors.items():
+            args[self.index[name]] = t
+        c = self.compiled
+        c.run(*self.grid, torch._C._cuda_getCurrentRawStream(self.device), c.function, c.packed_metadata,
+              None, None, None, *args)
+
+
+def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -> Optional[Replay]:
     """kernel[grid](**kwargs) with launch options; records the variant when asked to.
 
     On the GPU, a variant launched before goes straight to its compiled launcher: Triton's
     `JITFunction.run` costs tens of microseconds of host time per call (cache key strings,
-    hooks, option parsing), which decode at batch 1 cannot afford."""
+    hooks, option parsing), which decode at batch 1 cannot afford. Returns a `Replay` of this
+    launch on the GPU (None under the interpreter)."""
     if _RECORD_DIR:
         _record(kernel, kwargs, num_warps, num_stages)
     if _INTERPRETING:
         kernel[grid](**kwargs, num_warps=num_warps, num_stages=num_stages)
-        return
+        return None
     device = torch.cuda.current_device()
     key, bound_args = _fast_key(kernel, device, kwargs, num_warps, num_stages)
     compiled = _compiled.get(key) if key is not None else None
     if compiled is None:
         compiled = kernel[grid](**kwargs, num_warps=num_warps, num_stages=num_stages)
         if key is None:
-            key, _ = _fast_key(kernel, device, kwargs, num_warps, num_stages)
-        if key is not None and hasattr(compiled, "packed_metadata"):
-            _compiled[key] = compiled
-        return
-    g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
-    compiled.run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
-                 compiled.packed_metadata, None, None, None, *bound_args.values())
+            key, bound_args = _fast_key(kernel, device, kwargs, num_warps, num_stages)
+        if key is None or not hasattr(compiled, "packed_metadata"):
+            return None
+        _compiled[key] = compiled
+    else:
+        g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
+        compiled.run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
+                     compiled.packed_metadata, None, None, None, *bound_args.values())
+    return Replay(compiled, list(bound_args.values()), list(bound_args.keys()), grid, device)
+
+
+def aligned16(*tensors) -> bool:
+    """Every tensor's data pointer is 16-byte aligned (None entries are skipped)."""
+    return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def cdiv(a: int, b: int) -> int:

@@ -65,3 +65,28 @@ def test_torch_compile_run():
     out = step(q, paged)
     eager = w.run(q, paged) * 2
     assert torch.equal(out, eager)
+
+
+@pytest.mark.parametrize("use_tensor_cores", [False, True], ids=["cuda-cores", "tensor-cores"])
+def test_repeated_runs_replay_launches(use_tensor_cores):
+    """Later run() calls replay the first call's launches with new q/out/lse: each result must
+    still match a fresh computation, with and without out=/lse= and with a fresh (k, v) tuple."""
+    lens = [700, 3, 2000]
+    paged, (indptr, indices, last), ks, vs, _ = random_paged_cache(lens, 8, 128, 16, BF16, "cuda")
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(torch.empty(32 << 20, dtype=torch.uint8, device="cuda"),
+                                                      use_tensor_cores=use_tensor_cores)
+    w.plan(indptr, indices, last, 32, 8, 128, 16, q_data_type=BF16)
+    for step in range(4):
+        q = torch.randn(3, 32, 128, device="cuda", dtype=BF16)
+        if step >= 2:  # steps 1 and 3 replay the launches armed by steps 0 and 2
+            out = torch.full((3, 32, 128), float("nan"), device="cuda", dtype=BF16)
+            lse = torch.full((3, 32), float("nan"), device="cuda")
+            w.run(q, (paged[0], paged[1]), out=out, lse=lse, return_lse=True)
+        else:
+            out, lse = w.run(q, (paged[0], paged[1]), return_lse=True)
+        for b in range(3):
+            o32, l32 = decode_ref(q[b], ks[b], vs[b])
+            olp, llp = decode_ref(q[b], ks[b], vs[b], compute_dtype=BF16)
+            assert_close_policy(out[b], o32, olp, name=f"step {step} out[{b}]")
+            assert_close_policy(lse[b], l32, llp, name=f"step {step} lse[{b}]")
+    assert w._replays is not None, "the fast path should be armed after the first run"

@@ -2,7 +2,8 @@
 
 Registered as the `torch.library` custom op ``pyflashinfer::paged_decode`` (with a fake
 implementation) so that `torch.compile` can trace a wrapper's `run`; eager calls skip the
-dispatcher, whose overhead decode at batch 1 cannot afford.
+dispatcher, whose overhead decode at batch 1 cannot afford, and return `Replay`s of their
+launches that the wrapper reuses while nothing but q/out/lse changes.
 """
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ from .launch import _pow2, merge_states_into
 from .plan import section
 
 
-def _paged_decode_impl(
+def _paged_decode_launch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, plan_buf: torch.Tensor,
     part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
     alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
     block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
     window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
     use_alibi: bool,
-) -> None:
+) -> list:
     num_qo_heads, d_qk = q.shape[1], q.shape[2]
     tok, head = (2, 1) if hnd else (1, 2)
     num_kv_heads, page_size, d_vo = k.shape[head], k.shape[tok], v.shape[-1]
@@ -50,14 +51,29 @@ def _paged_decode_impl(
     )
     grid = (max_work, num_kv_heads, 1)
     if use_tensor_cores:
-        launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
+        attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
                qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=_pow2(group), IS_CAUSAL=False,
                HAS_MASK=False, **common)
     else:
-        launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
+        attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)
+    replays = [(attn, ("q_ptr", "o_ptr", "lse_ptr"))]
     if merge:
-        merge_states_into(part_o, part_lse, out, lse, indptr=sec[1])
+        replays.append((merge_states_into(part_o, part_lse, out, lse, indptr=sec[1]), ("o_ptr", "lse_ptr")))
+    return replays
+
+
+def _paged_decode_impl(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, plan_buf: torch.Tensor,
+    part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
+    alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
+    block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
+    window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
+    use_alibi: bool,
+) -> None:
+    _paged_decode_launch(q, k, v, kv_indices, plan_buf, part_o, part_lse, out, lse, alibi, batch, max_work, hnd,
+                         use_tensor_cores, block_n, num_warps, num_stages, merge, sm_scale, soft_cap, window_left,
+                         rope_rcp_scale, rope_log2_theta, v_scale, use_rope, use_alibi)
 
 
 _op = torch.library.custom_op("pyflashinfer::paged_decode", mutates_args=("part_o", "part_lse", "out", "lse"))(
@@ -69,8 +85,9 @@ def _(*args, **kwargs) -> None:
     return None
 
 
-def paged_decode(**kwargs) -> None:
+def paged_decode(**kwargs) -> Optional[list]:
+    """Launch; returns [(Replay or None, pointer names it takes q/out/lse as)] in eager mode."""
     if torch.compiler.is_compiling():
         torch.ops.pyflashinfer.paged_decode(**kwargs)
-    else:
-        _paged_decode_impl(**kwargs)
+        return None
+    return _paged_decode_launch(**kwargs)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 
 from .. import _validate as V
-from .._launch import empty_output
+from .._launch import aligned16, empty_output
 from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, canonicalize_dtype, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import paged_decode
@@ -25,9 +25,10 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
                      "o_data_type", "data_type", "sm_scale", "rope_scale", "rope_theta", "non_blocking",
                      "block_tables", "seq_lens", "fixed_split_size", "disable_split_kv", "q_len_per_req")
 
-# Tensor-core path: BLOCK_N and (warps, stages) for the KV loop. Decode is memory bound; a
-# 64-token tile (4 pages of 16) keeps four 16 KiB loads in flight per program.
-_TC_DECODE = dict(block_n=64, num_warps=4, num_stages=3)
+# Tensor-core path, by KV element size: BLOCK_N and (warps, stages) for the KV loop. Decode is
+# memory bound: the tile must keep enough bytes in flight per program. bf16 64 x 4 warps x 3
+# stages gave 2,312-2,785 GB/s on the H100 (RESULTS.md); `bench_decode.py --sweep` compares others.
+TC_DECODE_TILES = {2: dict(block_n=64, num_warps=4, num_stages=3), 1: dict(block_n=64, num_warps=4, num_stages=3)}
 
 
 def _auto_tensor_cores(group: int, kv_dtype: torch.dtype) -> bool:
@@ -35,6 +36,15 @@ def _auto_tensor_cores(group: int, kv_dtype: torch.dtype) -> bool:
     2026-11-23) the tensor-core path beat our CUDA-core path on every decode workload, MHA
     included (2,785 vs 1,474 GB/s at mha bs64 kv4096)."""
     return True
+
+
+def _same_cache(a, b) -> bool:
+    """The same cache tensors: one object, or a (k, v) pair of the same objects (a fresh tuple
+    per call is the common way to pass a split cache)."""
+    if a is b:
+        return True
+    return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b) == 2 \
+        and a[0] is b[0] and a[1] is b[1]
 
 
 def _host_int32(name: str, t: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
@@ -95,6 +105,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._indices_buf = paged_kv_indices_buffer
         self._last_page_len_buf = paged_kv_last_page_len_buffer
         self._kv_indices: Optional[torch.Tensor] = None
+        self._replays = None  # the last run's launches (GPU), reused while only q/out/lse change
+        self._replay_plan = self._replay_cache = self._replay_sig = None
 
     @property
     def use_tensor_cores(self) -> Optional[bool]:
@@ -188,7 +200,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         if use_tc is None:
             use_tc = _auto_tensor_cores(group, kv_dtype)
         if use_tc:
-            block_n, num_warps, num_stages = _TC_DECODE["block_n"], _TC_DECODE["num_warps"], _TC_DECODE["num_stages"]
+            cfg = TC_DECODE_TILES[kv_dtype.itemsize]
+            block_n, num_warps, num_stages = cfg["block_n"], cfg["num_warps"], cfg["num_stages"]
         else:
             tile = decode_tile(max(1, 1 << (group - 1).bit_length()), max(16, 1 << (head_dim - 1).bit_length()))
             block_n, num_warps, num_stages = tile.block_n, tile.num_warps, tile.num_stages
@@ -261,6 +274,24 @@ class BatchDecodeWithPagedKVCacheWrapper:
         plan = self._plan
         if plan is None:
             raise RuntimeError("run() before plan(): call plan() with the batch's page table first")
+        # Fast path: the same plan, cache object, scales and strides as the last call, so its
+        # launches are replayed with the new q/out/lse alone (checked: shape, dtype, alignment).
+        sig = (q.shape, q.dtype, q.device, q.stride(), return_lse, q_scale, k_scale, v_scale, window_left,
+               None if out is None else (out.shape, out.dtype, out.device, out.stride()),
+               None if lse is None or not return_lse else (lse.shape, lse.dtype, lse.device, lse.stride()))
+        if (self._replays is not None and plan is self._replay_plan and _same_cache(paged_kv_cache, self._replay_cache)
+                and sig == self._replay_sig and not args and sinks is None and kv_cache_sf is None
+                and skip_softmax_threshold_scale_factor is None and q_len_per_req in (None, 1)
+                and aligned16(q, out, lse) and not torch.compiler.is_compiling()):
+            if out is None:
+                out = empty_output(plan.batch_size, plan.num_qo_heads, plan.head_dim, dtype=plan.o_dtype,
+                                   device=self._device)
+            if return_lse and lse is None:
+                lse = empty_output(plan.batch_size, plan.num_qo_heads, dtype=torch.float32, device=self._device)
+            tensors = {"q_ptr": q, "o_ptr": out, "lse_ptr": lse}
+            for replay, names in self._replays:
+                replay(**{n: tensors[n] for n in names})
+            return (out, lse) if return_lse else out
         if args:
             raise TypeError(f"run() got {len(args)} unexpected positional arguments; pass scales as keywords")
         if sinks is not None or kv_cache_sf is not None or skip_softmax_threshold_scale_factor is not None:
@@ -304,7 +335,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         var = plan.variant
         sm_scale = var.sm_scale * (1.0 if q_scale is None else float(q_scale)) * (1.0 if k_scale is None else float(k_scale))
         num_warps, num_stages = self._launch_cfg
-        paged_decode(
+        replays = paged_decode(
             q=q, k=cache.k, v=cache.v, kv_indices=self._kv_indices, plan_buf=plan.buffer, part_o=plan.part_o,
             part_lse=plan.part_lse, out=out, lse=lse, alibi=self._alibi, batch=plan.batch_size,
             max_work=plan.max_work, hnd=self._layout == "HND", use_tensor_cores=plan.use_tensor_cores,
@@ -313,6 +344,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
             soft_cap=var.soft_cap, window_left=var.window_left, rope_rcp_scale=1.0 / var.rope_scale,
             rope_log2_theta=math.log2(var.rope_theta), v_scale=1.0 if v_scale is None else float(v_scale),
             use_rope=var.use_rope, use_alibi=var.use_alibi)
+        if replays is not None and all(r is not None for r, _ in replays) and aligned16(q, out, lse, cache.k, cache.v):
+            cache_ref = tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else paged_kv_cache
+            self._replays, self._replay_plan, self._replay_cache, self._replay_sig = replays, plan, cache_ref, sig
         return (out, lse) if return_lse else out
 
     run_return_lse = functools.partialmethod(run, return_lse=True)

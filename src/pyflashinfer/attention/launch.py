@@ -93,7 +93,7 @@ def _strides3(t: torch.Tensor) -> tuple[int, int]:
 
 
 def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Tensor,
-                      lse: Optional[torch.Tensor], indptr: Optional[torch.Tensor] = None) -> None:
+                      lse: Optional[torch.Tensor], indptr: Optional[torch.Tensor] = None):
     """Merge partial states into out/lse.
 
     Without indptr: v_part [S, N, H, D] fp32, s_part [S, N, H] -> out [N, H, D], lse [N, H].
@@ -102,9 +102,9 @@ def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Ten
     """
     n, h, d = out.shape
     if n * h == 0:
-        return
+        return None
     split_dim = 0
-    launch(
+    return launch(
         merge_states_kernel, (n * h,), num_warps=1 if d <= 64 else 2, num_stages=1,
         v_ptr=v_part, s_ptr=s_part, o_ptr=out, lse_ptr=lse, indptr_ptr=indptr,
         stride_vs=v_part.stride(split_dim), stride_vn=v_part.stride(-3) if indptr is None else 0,

@@ -10,17 +10,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .. import _validate as V
-
-_BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-
-
-def packbits_little(x: torch.Tensor) -> torch.Tensor:
-    """Pack a flat bool tensor into uint8, bit i of byte b = x[8b + i] (numpy bitorder='little')."""
-    n = x.numel()
-    padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8, device=x.device)
-    padded[:n] = x.reshape(-1).to(torch.uint8)
-    return (padded.view(-1, 8) * _BIT_WEIGHTS.to(x.device)).sum(1, dtype=torch.uint8)
-
+from ..packbits import packbits
 
 def pack_custom_mask(custom_mask: Optional[torch.Tensor], packed_custom_mask: Optional[torch.Tensor],
                      shapes: Sequence[Tuple[int, int]], device) -> Optional[torch.Tensor]:
@@ -34,7 +24,7 @@ def pack_custom_mask(custom_mask: Optional[torch.Tensor], packed_custom_mask: Op
             raise ValueError(f"custom_mask: expected shape ({qo_len}, {kv_len}) (qo_len, kv_len), "
                              f"got {tuple(custom_mask.shape)}")
         V.check_device(q=torch.empty(0, device=device), custom_mask=custom_mask)
-        return packbits_little(custom_mask)
+        return packbits(custom_mask, bitorder="little")
     if packed_custom_mask is not None:
         V.check_tensor("packed_custom_mask", packed_custom_mask, 1)
         if packed_custom_mask.dtype != torch.uint8:

@@ -29,23 +29,33 @@ class RowTile:
     num_warps: int
     num_stages: int
 
+    @property
+    def radix_bits(self) -> int:
+        """Bits per radix-select pass: 256 bins per row; 16 when many rows share a program
+        (ROWS x bins histogram bins per program would make the sm_90 compile very slow)."""
+        return 8 if self.rows == 1 else 4
+
 
 # One program per row on the GPU, streaming the row in BLOCK-wide tiles: batch 128 fills the
-# 132 SMs of an H100 with one row each. 4096 fp32 (16 KiB) per tile and 16 warps keep enough
-# bytes in flight per SM, as FlashInfer's 1024-thread x 4-wide rows do (FlashInfer: 134 us for
-# top-p sampling at batch 128 x vocab 128256 on an H100). Not yet tuned on the device:
-# `python benchmarks/bench_sampling.py --sweep` times the alternatives.
-_GPU_TILES = {4096: RowTile(1, 4096, 16, 1), 2048: RowTile(1, 2048, 8, 1), 1024: RowTile(1, 1024, 4, 1)}
+# 132 SMs of an H100 with one row each. Each tile ends in block-wide reductions, so the loads of
+# the next tile wait for them: the bytes in flight per SM are one tile. 8192 fp32 (32 KiB) on
+# 1024 threads is what FlashInfer keeps in flight (1024 threads x 4-wide x unroll 2; 134 us for
+# top-p sampling at batch 128 x vocab 128256 on an H100). 8 elements per thread at every size;
+# sm_90 compiles of all kernels at 8192/32 warps: 64 registers, no spills. Not yet measured on
+# the device: `python benchmarks/bench_sampling.py --sweep` times the alternatives.
+_GPU_TILES = {b: RowTile(1, b, b // 256, 1) for b in (1024, 2048, 4096, 8192)}
 # Under the interpreter the cost is per operation, not per element: many rows per program.
-_INTERP_ELEMS = 32768
+_INTERP_ELEMS = 8192
 
 
-def row_tile(batch: int, vocab: int, *, gpu_block: Optional[int] = None) -> RowTile:
+def row_tile(batch: int, vocab: int) -> RowTile:
     if is_interpreting():
-        block = min(triton.next_power_of_2(max(vocab, 16)), 8192)
-        rows = min(64, triton.next_power_of_2(max(batch, 1)), max(1, _INTERP_ELEMS // block))
-        return RowTile(rows, block, 4, 1)
-    block = gpu_block or min(4096, max(1024, triton.next_power_of_2(vocab)))
+        block = min(triton.next_power_of_2(max(vocab, 16)), _INTERP_ELEMS)
+        rows = min(64, max(1, _INTERP_ELEMS // block))  # fixed per vocab: one variant per shape class
+        # the warps only matter to tools/aot_check.py, which compiles these variants for sm_90 too:
+        # 8 elements per thread, as on the GPU, keeps that compile (ptxas) quick
+        return RowTile(rows, block, min(32, max(4, rows * block // 256)), 1)
+    block = min(8192, max(1024, triton.next_power_of_2(vocab)))
     return _GPU_TILES[block]
 
 
@@ -57,7 +67,7 @@ def check_rows(name: str, x, dtypes=PROB_DTYPES) -> torch.device:
     if x.shape[1] == 0:
         raise ValueError(f"{name}: expected a non-empty vocabulary dimension, got shape {tuple(x.shape)}")
     if x.shape[1] > 1 and x.stride(1) != 1:
-        raise ValueError(f"{name}: the vocabulary (last) dimension must have stride 1, got strides "
+        raise ValueError(f"{name}: expected stride 1 along the vocabulary (last) dimension, got strides "
                          f"{tuple(x.stride())}; rows may be strided")
     return device
 
@@ -124,7 +134,7 @@ def check_order(filter_apply_order: str) -> None:
 
 def philox_args(seed, offset, generator: Optional[torch.Generator], device: torch.device,
                 batch: int) -> dict:
-    """Kernel arguments for the Philox key (seed) and counter base (offset).
+    """Launcher arguments for the Philox key (seed) and counter base (offset).
 
     Without an explicit (seed, offset) pair, a fresh int64 seed is drawn on the device from
     `generator` (or torch's default generator of the device): no host sync, and each replay of
@@ -132,8 +142,7 @@ def philox_args(seed, offset, generator: Optional[torch.Generator], device: torc
     of length 1 or batch (tensors keep CUDA graphs replayable with new values)."""
     if seed is None or offset is None:
         seed_t = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device, generator=generator)
-        return dict(seed_ptr=seed_t, offset_ptr=None, seed=0, offset=0, seed_stride=0, offset_stride=0,
-                    SEED_IN_TENSOR=True, OFFSET_IN_TENSOR=False)
+        return dict(seed_t=seed_t, offset_t=None, seed=0, offset=0, seed_stride=0, offset_stride=0)
     if isinstance(seed, torch.Tensor) != isinstance(offset, torch.Tensor):
         raise ValueError(f"seed and offset: expected both tensors or both ints, got {type(seed).__name__} "
                          f"and {type(offset).__name__}")
@@ -145,12 +154,11 @@ def philox_args(seed, offset, generator: Optional[torch.Generator], device: torc
                 raise ValueError(f"{name}: expected device {device}, got {t.device}")
             if t.shape[0] not in (1, batch):
                 raise ValueError(f"{name}: expected length 1 or {batch}, got {t.shape[0]}")
-        return dict(seed_ptr=seed, offset_ptr=offset, seed=0, offset=0,
+        return dict(seed_t=seed, offset_t=offset, seed=0, offset=0,
                     seed_stride=int(seed.shape[0] == batch and batch > 1),
-                    offset_stride=int(offset.shape[0] == batch and batch > 1),
-                    SEED_IN_TENSOR=True, OFFSET_IN_TENSOR=True)
+                    offset_stride=int(offset.shape[0] == batch and batch > 1))
     for name, v in (("seed", seed), ("offset", offset)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{name}: expected an int or an int64 tensor, got {type(v).__name__}")
-    return dict(seed_ptr=None, offset_ptr=None, seed=int(seed) & (2**63 - 1), offset=int(offset) & (2**63 - 1),
-                seed_stride=0, offset_stride=0, SEED_IN_TENSOR=False, OFFSET_IN_TENSOR=False)
+    return dict(seed_t=None, offset_t=None, seed=int(seed) & (2**63 - 1), offset=int(offset) & (2**63 - 1),
+                seed_stride=0, offset_stride=0)

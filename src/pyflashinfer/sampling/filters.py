@@ -9,11 +9,9 @@ from typing import Optional, Union
 import torch
 
 from .. import _validate as V
-from .._launch import cdiv, empty_output, launch
-from ._common import MAX_RENORM_ROUNDS, check_rows, row_param, row_tile
-from .kernels.renorm import top_p_renorm_kernel
-from .kernels.softmax import softmax_kernel
-from .kernels.topk import topk_filter_kernel
+from .._launch import empty_output
+from ._common import check_rows, row_param
+from ._ops import softmax_launch, top_p_renorm_launch, topk_filter_launch
 
 _TEMPERATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -46,12 +44,7 @@ def softmax(logits: torch.Tensor, temperature: Optional[Union[torch.Tensor, floa
             raise ValueError(f"temperature: expected a positive float, got {temperature}")
         temp = float(temperature)
     out = empty_output(batch, vocab, dtype=torch.float32, device=device)
-    if batch > 0:
-        tile = row_tile(batch, vocab)
-        launch(softmax_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
-               x_ptr=logits, out_ptr=out, temp_ptr=temp_tensor, stride_x=logits.stride(0), stride_out=out.stride(0),
-               batch=batch, vocab=vocab, temperature=temp, HAS_TEMP_TENSOR=temp_tensor is not None,
-               ROWS=tile.rows, BLOCK=tile.block)
+    softmax_launch(x=logits, out=out, temp_t=temp_tensor, temperature=temp)
     return out
 
 
@@ -73,7 +66,7 @@ def top_k_renorm_probs(probs: torch.Tensor, top_k: Union[torch.Tensor, int],
     """
     device = check_rows("probs", probs)
     k, out = _filter_out(probs, "probs", top_k, device)
-    _launch_topk(probs, out, k, renorm=True)
+    topk_filter_launch(x=probs, out=out, top_k_t=k.tensor, top_k=int(k.scalar), renorm=True)
     return out
 
 
@@ -86,19 +79,8 @@ def top_k_mask_logits(logits: torch.Tensor, top_k: Union[torch.Tensor, int]) -> 
     """
     device = check_rows("logits", logits)
     k, out = _filter_out(logits, "logits", top_k, device)
-    _launch_topk(logits, out, k, renorm=False)
+    topk_filter_launch(x=logits, out=out, top_k_t=k.tensor, top_k=int(k.scalar), renorm=False)
     return out
-
-
-def _launch_topk(x, out, k, *, renorm: bool) -> None:
-    batch, vocab = x.shape
-    if batch == 0:
-        return
-    tile = row_tile(batch, vocab)
-    launch(topk_filter_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
-           x_ptr=x, out_ptr=out, top_k_ptr=k.tensor, stride_x=x.stride(0), stride_out=out.stride(0),
-           batch=batch, vocab=vocab, top_k=int(k.scalar), TOP_K_PER_ROW=k.per_row, RENORM=renorm,
-           ROWS=tile.rows, BLOCK=tile.block)
 
 
 def top_p_renorm_probs(probs: torch.Tensor, top_p: Union[torch.Tensor, float],
@@ -116,12 +98,7 @@ def top_p_renorm_probs(probs: torch.Tensor, top_p: Union[torch.Tensor, float],
     p = row_param("top_p", top_p, batch=batch, num_rows=batch, indices=None, device=device, integer=False,
                   lo=0.0, hi=1.0, lo_open=True)
     out = empty_output(batch, vocab, dtype=probs.dtype, device=device)
-    if batch > 0:
-        tile = row_tile(batch, vocab)
-        launch(top_p_renorm_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps,
-               num_stages=tile.num_stages, x_ptr=probs, out_ptr=out, top_p_ptr=p.tensor, stride_x=probs.stride(0),
-               stride_out=out.stride(0), batch=batch, vocab=vocab, top_p=float(p.scalar),
-               TOP_P_PER_ROW=p.per_row, MAX_ROUNDS=MAX_RENORM_ROUNDS, ROWS=tile.rows, BLOCK=tile.block)
+    top_p_renorm_launch(x=probs, out=out, top_p_t=p.tensor, top_p=float(p.scalar))
     return out
 
 

@@ -27,10 +27,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._launch import cdiv, empty_output, launch
-from ._common import (MAX_SAMPLING_ROUNDS, RowParam, check_indices, check_nan, check_order, check_rows,
-                      philox_args, row_param, row_tile)
-from .kernels.sample import sampling_kernel
+from .._launch import empty_output
+from ._common import RowParam, check_indices, check_nan, check_order, check_rows, philox_args, row_param
+from ._ops import sample_launch
 
 Samples = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 _NONE = RowParam(None, 0)
@@ -62,20 +61,11 @@ def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[to
 
     out_dtype = indices.dtype if indices is not None else torch.int32
     samples = empty_output(batch, dtype=out_dtype, device=device)
-    valid = empty_output(batch, dtype=torch.bool, device=device) if return_valid else None
-    if batch > 0:
-        tile = row_tile(batch, vocab)
-        launch(sampling_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps,
-               num_stages=tile.num_stages,
-               x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices,
-               top_k_ptr=k.tensor, top_p_ptr=p.tensor, min_p_ptr=mp.tensor,
-               stride_x=x.stride(0), batch=batch, vocab=vocab,
-               top_k=int(k.scalar), top_p=float(p.scalar if top_p is not None else 1.0),
-               min_p=float(mp.scalar), **philox_args(seed, offset, generator, device, batch),
-               IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
-               HAS_TOP_P=has_top_p, HAS_MIN_P=min_p is not None,
-               TOP_K_PER_ROW=k.per_row, TOP_P_PER_ROW=p.per_row, MIN_P_PER_ROW=mp.per_row,
-               WRITE_VALID=return_valid, MAX_ROUNDS=MAX_SAMPLING_ROUNDS, ROWS=tile.rows, BLOCK=tile.block)
+    valid = empty_output(batch, dtype=torch.bool, device=device)
+    sample_launch(x=x, samples=samples, valid=valid, indices=indices, top_k_t=k.tensor, top_p_t=p.tensor,
+                  min_p_t=mp.tensor, top_k=int(k.scalar), top_p=float(p.scalar if top_p is not None else 1.0),
+                  min_p=float(mp.scalar), **philox_args(seed, offset, generator, device, batch),
+                  is_logits=is_logits, top_k_mode=top_k_mode, has_top_p=has_top_p, has_min_p=min_p is not None)
     return (samples, valid) if return_valid else samples
 
 

@@ -6,9 +6,9 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .. import _validate as V
-from .._launch import cdiv, empty_output, launch
-from ._common import INDEX_DTYPES, PROB_DTYPES, philox_args, row_tile
-from .kernels.speculative import chain_speculative_kernel
+from .._launch import empty_output
+from ._common import INDEX_DTYPES, PROB_DTYPES, philox_args
+from ._ops import speculative_launch
 
 
 def _check_counter(name: str, t: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
@@ -47,8 +47,8 @@ def chain_speculative_sampling(
         V.check_tensor(name, t, 3)
         V.check_dtype(name, t, PROB_DTYPES)
         if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"{name}: the vocabulary (last) dimension must have stride 1, got strides "
-                             f"{tuple(t.stride())}")
+            raise ValueError(f"{name}: expected stride 1 along the vocabulary (last) dimension, got "
+                             f"strides {tuple(t.stride())}")
     V.check_tensor("draft_token_ids", draft_token_ids, 2)
     V.check_dtype("draft_token_ids", draft_token_ids, INDEX_DTYPES)
     device = V.check_device(draft_probs=draft_probs, draft_token_ids=draft_token_ids, target_probs=target_probs)
@@ -59,13 +59,6 @@ def chain_speculative_sampling(
     emitted = _check_counter("maybe_output_emitted_draft_token_num", maybe_output_emitted_draft_token_num,
                              batch, device)
     out = empty_output(batch, n + 1, dtype=torch.int32, device=device)
-    if batch > 0:
-        tile = row_tile(batch, vocab)
-        launch(chain_speculative_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps,
-               num_stages=tile.num_stages, draft_ptr=draft_probs, ids_ptr=draft_token_ids, target_ptr=target_probs,
-               out_ptr=out, accepted_ptr=accepted, emitted_ptr=emitted, batch=batch, num_spec=n, vocab=vocab,
-               stride_db=draft_probs.stride(0), stride_dn=draft_probs.stride(1),
-               stride_ib=draft_token_ids.stride(0), stride_tb=target_probs.stride(0),
-               stride_tn=target_probs.stride(1), stride_ob=out.stride(0),
-               **philox_args(seed, offset, generator, device, batch), ROWS=tile.rows, BLOCK=tile.block)
+    speculative_launch(draft=draft_probs, ids=draft_token_ids, target=target_probs, out=out, accepted=accepted,
+                       emitted=emitted, **philox_args(seed, offset, generator, device, batch))
     return out, accepted, emitted

@@ -7,8 +7,8 @@ exp(logit - row max) when the input is logits (so the largest value is 1.0).
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
-BIG_INDEX: tl.constexpr = 2147483647
+LOG2E = tl.constexpr(1.4426950408889634)
+BIG_INDEX = tl.constexpr(2147483647)
 
 
 @triton.jit

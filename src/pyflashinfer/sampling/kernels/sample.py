@@ -32,11 +32,11 @@ holds no token of positive mass.
 import triton
 import triton.language as tl
 
-from .common import (bit_midpoint, float_below, load_tile, order_key, pick_in_tile, reservoir_step,
+from .common import (LOG2E, bit_midpoint, float_below, load_tile, order_key, pick_in_tile, reservoir_step,
                      tile_values, uniform4)
 from .topk import topk_threshold
 
-ROUND_STRIDE: tl.constexpr = 1048576  # Philox counter = round * ROUND_STRIDE + tile index
+ROUND_STRIDE = tl.constexpr(1048576)  # Philox counter = round * ROUND_STRIDE + tile index
 
 
 @triton.jit
@@ -61,7 +61,7 @@ def _first_pass(x_ptr, row_off, row_mask, vocab, thr_key, seed, offset, stream,
         if IS_LOGITS:
             m_new = tl.maximum(m_i, tl.max(tl.where(mask, x, float("-inf")), axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            total = total * tl.exp2((m_i - m_safe) * 1.4426950408889634)
+            total = total * tl.exp2((m_i - m_safe) * LOG2E)
             w = tile_values(x, mask, m_safe, True)
             m_i = m_new
         else:
@@ -155,8 +155,8 @@ def sampling_kernel(
     TOP_K_MODE: tl.constexpr,  # 0 none, 1 radix-select support (top_k_first), 2 criterion (joint)
     HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
     TOP_K_PER_ROW: tl.constexpr, TOP_P_PER_ROW: tl.constexpr, MIN_P_PER_ROW: tl.constexpr,
-    SEED_IN_TENSOR: tl.constexpr, OFFSET_IN_TENSOR: tl.constexpr, WRITE_VALID: tl.constexpr,
-    MAX_ROUNDS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    SEED_IN_TENSOR: tl.constexpr, OFFSET_IN_TENSOR: tl.constexpr,
+    MAX_ROUNDS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, RADIX_BITS: tl.constexpr,
 ):
     """out[b] = a token drawn from row indices[b] (or b) of probs/logits, restricted to the filter."""
     pid = tl.program_id(0)
@@ -174,7 +174,7 @@ def sampling_kernel(
     min_p_row = _row_param(min_p_ptr, min_p, rows, row_mask, MIN_P_PER_ROW, tl.float32, ROWS)
     HAS_SUPPORT: tl.constexpr = TOP_K_MODE == 1
     if HAS_SUPPORT:
-        thr_key = topk_threshold(x_ptr, row_off, row_mask, vocab, k, IS_LOGITS, ROWS, BLOCK)
+        thr_key = topk_threshold(x_ptr, row_off, row_mask, vocab, k, IS_LOGITS, ROWS, BLOCK, RADIX_BITS)
     else:
         thr_key = tl.zeros([ROWS], dtype=tl.uint32)
 
@@ -232,5 +232,4 @@ def sampling_kernel(
             done = done | accept | lost | (take & (new_val >= hi))
 
     tl.store(out_ptr + rows, tl.maximum(tok, 0).to(out_ptr.dtype.element_ty), mask=row_mask)
-    if WRITE_VALID:
-        tl.store(valid_ptr + rows, (done & (~failed)).to(valid_ptr.dtype.element_ty), mask=row_mask)
+    tl.store(valid_ptr + rows, (done & (~failed)).to(valid_ptr.dtype.element_ty), mask=row_mask)

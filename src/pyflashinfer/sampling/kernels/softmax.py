@@ -35,7 +35,8 @@ def softmax_kernel(
         l_i = l_i * tl.exp2((m_i - m_safe) * LOG2E) + tl.sum(tl.exp2((s - m_safe[:, None]) * LOG2E), axis=1)
         m_i = m_new
 
-    inv_l = 1.0 / l_i
+    m_i = tl.where(row_mask, m_i, 0.0)  # padding rows past the batch: keep them finite
+    inv_l = 1.0 / tl.where(l_i > 0.0, l_i, 1.0)  # a row of only -inf: NaN from (-inf) - (-inf)
     for start in range(0, vocab, BLOCK):
         cols = start + offs
         mask = row_mask[:, None] & (cols < vocab)

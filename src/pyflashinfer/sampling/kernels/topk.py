@@ -14,29 +14,32 @@ from .common import load_tile, order_key
 
 @triton.jit
 def topk_threshold(x_ptr, row_off, row_mask, vocab, k, IS_LOGITS: tl.constexpr,
-                   ROWS: tl.constexpr, BLOCK: tl.constexpr):
+                   ROWS: tl.constexpr, BLOCK: tl.constexpr, RADIX_BITS: tl.constexpr):
     """Per row, the smallest order key of the top-k set: keep `order_key(x) >= result`.
-    Rows with k <= 0 or k >= vocab keep everything (result 0)."""
-    bins = tl.arange(0, 256)
-    row_bins = (tl.arange(0, ROWS) * 256)[:, None]
+    Rows with k <= 0 or k >= vocab keep everything (result 0). RADIX_BITS bits per pass: 8 on
+    the GPU (one row, 256 bins); fewer with many rows per program, whose ROWS x 2**RADIX_BITS
+    bins would make the histogram slow to compile."""
+    NUM_BINS: tl.constexpr = 1 << RADIX_BITS
+    bins = tl.arange(0, NUM_BINS)
+    row_bins = (tl.arange(0, ROWS) * NUM_BINS)[:, None]
     offs = tl.arange(0, BLOCK)[None, :]
     prefix = tl.zeros([ROWS], dtype=tl.uint32)
     k_left = k
     found = (k <= 0) | (k >= vocab) | (~row_mask)
-    for digit in tl.static_range(4):
-        SHIFT: tl.constexpr = 24 - 8 * digit
+    for digit in tl.static_range(32 // RADIX_BITS):
         if tl.max((~found).to(tl.int32), axis=0) > 0:
-            hist = tl.zeros([ROWS * 256], dtype=tl.int32)
+            hist = tl.zeros([ROWS * NUM_BINS], dtype=tl.int32)
             for start in range(0, vocab, BLOCK):
                 cols = start + offs
                 mask = row_mask[:, None] & (cols < vocab) & (~found)[:, None]
                 key = order_key(load_tile(x_ptr, row_off, cols, mask, IS_LOGITS))
-                if digit > 0:
-                    mask = mask & ((key >> (SHIFT + 8)) == (prefix >> (SHIFT + 8))[:, None])
-                bucket = ((key >> SHIFT) & 0xFF).to(tl.int32) + row_bins
-                hist += tl.histogram(tl.reshape(bucket, [ROWS * BLOCK]), ROWS * 256,
+                if digit > 0:  # only the entries whose higher bits are the prefix found so far
+                    high = 32 - RADIX_BITS * digit
+                    mask = mask & ((key >> high) == (prefix >> high)[:, None])
+                bucket = ((key >> (32 - RADIX_BITS * (digit + 1))) & (NUM_BINS - 1)).to(tl.int32) + row_bins
+                hist += tl.histogram(tl.reshape(bucket, [ROWS * BLOCK]), ROWS * NUM_BINS,
                                      mask=tl.reshape(mask, [ROWS * BLOCK]))
-            hist2 = tl.reshape(hist, [ROWS, 256])
+            hist2 = tl.reshape(hist, [ROWS, NUM_BINS])
             above = tl.sum(hist2, axis=1)[:, None] - tl.cumsum(hist2, axis=1)  # entries in higher buckets
             at_or_above = above + hist2
             pick = tl.max(tl.where(at_or_above >= k_left[:, None], bins[None, :], -1), axis=1)
@@ -44,7 +47,8 @@ def topk_threshold(x_ptr, row_off, row_mask, vocab, k, IS_LOGITS: tl.constexpr,
             above_pick = tl.sum(tl.where(bins[None, :] == pick[:, None], above, 0), axis=1)
             active = ~found
             k_left = tl.where(active, k_left - above_pick, k_left)
-            prefix = tl.where(active, prefix | (tl.maximum(pick, 0).to(tl.uint32) << SHIFT), prefix)
+            digit_bits = tl.maximum(pick, 0).to(tl.uint32) << (32 - RADIX_BITS * (digit + 1))
+            prefix = tl.where(active, prefix | digit_bits, prefix)
             found = found | (active & (in_pick == k_left))
     return prefix
 
@@ -54,7 +58,7 @@ def topk_filter_kernel(
     x_ptr, out_ptr, top_k_ptr,
     stride_x, stride_out, batch, vocab, top_k,
     TOP_K_PER_ROW: tl.constexpr, RENORM: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, RADIX_BITS: tl.constexpr,
 ):
     """RENORM: out = p / sum(top-k p) on the top k, 0 elsewhere (top_k_renorm_probs).
     Otherwise: out = logit on the top k, -inf elsewhere (top_k_mask_logits). Output dtype = input."""
@@ -67,7 +71,7 @@ def topk_filter_kernel(
         k = tl.load(top_k_ptr + rows, mask=row_mask, other=0).to(tl.int32)
     else:
         k = tl.zeros([ROWS], dtype=tl.int32) + top_k
-    thr = topk_threshold(x_ptr, row_off, row_mask, vocab, k, not RENORM, ROWS, BLOCK)
+    thr = topk_threshold(x_ptr, row_off, row_mask, vocab, k, not RENORM, ROWS, BLOCK, RADIX_BITS)
     offs = tl.arange(0, BLOCK)[None, :]
 
     if RENORM:

@@ -1,0 +1,111 @@
+"""Launchers of the sampling kernels, registered as `torch.library` custom ops (with fake
+implementations) so that `torch.compile` can trace the public functions. Eager calls skip the
+dispatcher. Outputs are allocated by the callers and written in place."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._launch import cdiv, launch
+from ._common import MAX_RENORM_ROUNDS, MAX_SAMPLING_ROUNDS, row_tile
+from .kernels.renorm import top_p_renorm_kernel
+from .kernels.sample import sampling_kernel
+from .kernels.softmax import softmax_kernel
+from .kernels.speculative import chain_speculative_kernel
+from .kernels.topk import topk_filter_kernel
+
+
+def _sample_impl(x: torch.Tensor, samples: torch.Tensor, valid: torch.Tensor, indices: Optional[torch.Tensor],
+                 top_k_t: Optional[torch.Tensor], top_p_t: Optional[torch.Tensor], min_p_t: Optional[torch.Tensor],
+                 seed_t: Optional[torch.Tensor], offset_t: Optional[torch.Tensor], top_k: int, top_p: float,
+                 min_p: float, seed: int, offset: int, seed_stride: int, offset_stride: int, is_logits: bool,
+                 top_k_mode: int, has_top_p: bool, has_min_p: bool) -> None:
+    batch, vocab = samples.shape[0], x.shape[1]
+    if batch == 0:
+        return
+    tile = row_tile(batch, vocab)
+    launch(sampling_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
+           x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices,
+           top_k_ptr=top_k_t, top_p_ptr=top_p_t, min_p_ptr=min_p_t, seed_ptr=seed_t, offset_ptr=offset_t,
+           stride_x=x.stride(0), batch=batch, vocab=vocab, top_k=top_k, top_p=top_p, min_p=min_p,
+           seed=seed, offset=offset, seed_stride=seed_stride, offset_stride=offset_stride,
+           IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
+           HAS_TOP_P=has_top_p, HAS_MIN_P=has_min_p, TOP_K_PER_ROW=top_k_t is not None,
+           TOP_P_PER_ROW=top_p_t is not None, MIN_P_PER_ROW=min_p_t is not None,
+           SEED_IN_TENSOR=seed_t is not None, OFFSET_IN_TENSOR=offset_t is not None,
+           MAX_ROUNDS=MAX_SAMPLING_ROUNDS, ROWS=tile.rows, BLOCK=tile.block, RADIX_BITS=tile.radix_bits)
+
+
+def _softmax_impl(x: torch.Tensor, out: torch.Tensor, temp_t: Optional[torch.Tensor], temperature: float) -> None:
+    batch, vocab = x.shape
+    if batch == 0:
+        return
+    tile = row_tile(batch, vocab)
+    launch(softmax_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
+           x_ptr=x, out_ptr=out, temp_ptr=temp_t, stride_x=x.stride(0), stride_out=out.stride(0),
+           batch=batch, vocab=vocab, temperature=temperature, HAS_TEMP_TENSOR=temp_t is not None,
+           ROWS=tile.rows, BLOCK=tile.block)
+
+
+def _topk_filter_impl(x: torch.Tensor, out: torch.Tensor, top_k_t: Optional[torch.Tensor], top_k: int,
+                      renorm: bool) -> None:
+    batch, vocab = x.shape
+    if batch == 0:
+        return
+    tile = row_tile(batch, vocab)
+    launch(topk_filter_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
+           x_ptr=x, out_ptr=out, top_k_ptr=top_k_t, stride_x=x.stride(0), stride_out=out.stride(0),
+           batch=batch, vocab=vocab, top_k=top_k, TOP_K_PER_ROW=top_k_t is not None, RENORM=renorm,
+           ROWS=tile.rows, BLOCK=tile.block, RADIX_BITS=tile.radix_bits)
+
+
+def _top_p_renorm_impl(x: torch.Tensor, out: torch.Tensor, top_p_t: Optional[torch.Tensor], top_p: float) -> None:
+    batch, vocab = x.shape
+    if batch == 0:
+        return
+    tile = row_tile(batch, vocab)
+    launch(top_p_renorm_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
+           x_ptr=x, out_ptr=out, top_p_ptr=top_p_t, stride_x=x.stride(0), stride_out=out.stride(0),
+           batch=batch, vocab=vocab, top_p=top_p, TOP_P_PER_ROW=top_p_t is not None,
+           MAX_ROUNDS=MAX_RENORM_ROUNDS, ROWS=tile.rows, BLOCK=tile.block)
+
+
+def _speculative_impl(draft: torch.Tensor, ids: torch.Tensor, target: torch.Tensor, out: torch.Tensor,
+                      accepted: torch.Tensor, emitted: torch.Tensor, seed_t: Optional[torch.Tensor],
+                      offset_t: Optional[torch.Tensor], seed: int, offset: int, seed_stride: int,
+                      offset_stride: int) -> None:
+    batch, n, vocab = draft.shape
+    if batch == 0:
+        return
+    tile = row_tile(batch, vocab)
+    launch(chain_speculative_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps,
+           num_stages=tile.num_stages, draft_ptr=draft, ids_ptr=ids, target_ptr=target, out_ptr=out,
+           accepted_ptr=accepted, emitted_ptr=emitted, seed_ptr=seed_t, offset_ptr=offset_t,
+           batch=batch, num_spec=n, vocab=vocab, stride_db=draft.stride(0), stride_dn=draft.stride(1),
+           stride_ib=ids.stride(0), stride_tb=target.stride(0), stride_tn=target.stride(1), stride_ob=out.stride(0),
+           seed=seed, offset=offset, seed_stride=seed_stride, offset_stride=offset_stride,
+           SEED_IN_TENSOR=seed_t is not None, OFFSET_IN_TENSOR=offset_t is not None,
+           ROWS=tile.rows, BLOCK=tile.block)
+
+
+def _register(name: str, impl, mutates: tuple):
+    op = torch.library.custom_op(f"pyflashinfer::{name}", mutates_args=mutates)(impl)
+
+    @op.register_fake
+    def _(*args, **kwargs) -> None:
+        return None
+
+    def call(**kwargs) -> None:
+        if torch.compiler.is_compiling():
+            getattr(torch.ops.pyflashinfer, name)(**kwargs)
+        else:
+            impl(**kwargs)
+    return call
+
+
+sample_launch = _register("sampling_sample", _sample_impl, ("samples", "valid"))
+softmax_launch = _register("sampling_softmax", _softmax_impl, ("out",))
+topk_filter_launch = _register("sampling_topk_filter", _topk_filter_impl, ("out",))
+top_p_renorm_launch = _register("sampling_top_p_renorm", _top_p_renorm_impl, ("out",))
+speculative_launch = _register("sampling_chain_speculative", _speculative_impl, ("out", "accepted", "emitted"))
