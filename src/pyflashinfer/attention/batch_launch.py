@@ -53,7 +53,7 @@ def _paged_decode_launch(
     if use_tensor_cores:
         attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
                qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=_pow2(group), IS_CAUSAL=False,
-               HAS_MASK=False, **common)
+               HAS_MASK=False, DOT_F16=k.element_size() == 1, **common)
     else:
         attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)

@@ -26,9 +26,11 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
                      "block_tables", "seq_lens", "fixed_split_size", "disable_split_kv", "q_len_per_req")
 
 # Tensor-core path, by KV element size: BLOCK_N and (warps, stages) for the KV loop. Decode is
-# memory bound: the tile must keep enough bytes in flight per program. bf16 64 x 4 warps x 3
-# stages gave 2,312-2,785 GB/s on the H100 (RESULTS.md); `bench_decode.py --sweep` compares others.
-TC_DECODE_TILES = {2: dict(block_n=64, num_warps=4, num_stages=3), 1: dict(block_n=64, num_warps=4, num_stages=3)}
+# memory bound: the tile must keep enough bytes in flight per program. Chosen by
+# `bench_decode.py --sweep` on the H100 (2026-11-23, 7 configs): bf16 128 x 8 warps x 3 stages
+# gave 2,752 / 2,873 / 2,932 GB/s on gqa4 bs64 kv4096 / gqa4 bs16 kv32768 / mha bs64 kv4096 (64 x 4 x 3:
+# 2,490 / 2,714 / 2,945); fp8 128 x 4 x 3 gave 1,664 / 1,749 (64 x 4 x 3: 1,425 / 1,383).
+TC_DECODE_TILES = {2: dict(block_n=128, num_warps=8, num_stages=3), 1: dict(block_n=128, num_warps=4, num_stages=3)}
 
 
 def _auto_tensor_cores(group: int, kv_dtype: torch.dtype) -> bool:
@@ -206,7 +208,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             tile = decode_tile(max(1, 1 << (group - 1).bit_length()), max(16, 1 << (head_dim - 1).bit_length()))
             block_n, num_warps, num_stages = tile.block_n, tile.num_warps, tile.num_stages
         sms = num_sms(self._device)
-        min_chunk = 4 * block_n if is_interpreting() else max(256, 4 * block_n)
+        min_chunk = 4 * block_n if is_interpreting() else max(256, 2 * block_n)
         chunk = choose_chunk(seq, num_kv_heads, sms, block_n, min_chunk,
                              None if fixed_split_size is None else fixed_split_size * page_size, disable_split_kv)
         # The grid: exactly the work in eager mode; a bound fixed by the batch size in graph mode.

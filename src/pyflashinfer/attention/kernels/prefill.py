@@ -10,7 +10,9 @@ Two ways to name the work of a program (axis 0), by BATCHED:
 - batch plan: axis 0 indexes a work list (request, row tile, kv range, partial slot) built
   on the host (plan.py); requests come from qo_indptr/seq_lens, KV through a page table
   (PAGED) or contiguous per request (kv_indptr in tokens).
-Axis 1 is the KV head.
+Axis 1 is the KV head. With DOT_F16 (fp8 KV) both products run in fp16, whatever q's dtype:
+exact for the fp8 values, and p in [0, 1] keeps more bits than in bf16; q must stay within
+fp16's range (|q| < 65504).
 """
 import triton
 import triton.language as tl
@@ -33,6 +35,7 @@ def attention_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, USE_ROPE: tl.constexpr,
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    DOT_F16: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -72,6 +75,8 @@ def attention_fwd_kernel(
         q = q.to(q_ptr.dtype.element_ty)
     else:
         q = tl.load(q_rows + offs_dqk[None, :], mask=mask_q, other=0.0)
+    if DOT_F16:  # fp8 KV: fp8 -> fp16 converts natively on sm_90, fp8 -> bf16 does not
+        q = q.to(tl.float16)
     if HAS_ALIBI:
         slopes = tl.load(alibi_ptr + head, mask=mask_m, other=0.0)
     else:
