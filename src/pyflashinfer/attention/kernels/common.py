@@ -93,3 +93,26 @@ def store_out(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_r, o_of
              out.to(o_ptr.dtype.element_ty), mask=mask_o)
     if WRITE_LSE:
         tl.store(lse_ptr + l_off + rows * stride_ln + head * stride_lh, lse, mask=mask_r)
+
+
+@triton.jit
+def kv_bases(k_ptr, v_ptr, pid_h, kv_start, stride_kh, stride_kn, stride_vh, stride_vn, PAGED: tl.constexpr):
+    """Base pointers of one KV head's K and V for a request: the cache's (PAGED: pages are
+    found through the page table) or its first token's (contiguous, kv_start = first token)."""
+    h = pid_h.to(tl.int64)
+    if PAGED:
+        return k_ptr + h * stride_kh, v_ptr + h * stride_vh
+    else:
+        first = kv_start.to(tl.int64)
+        return k_ptr + h * stride_kh + first * stride_kn, v_ptr + h * stride_vh + first * stride_vn
+
+
+@triton.jit
+def softmax_step(m_i, l_i, s):
+    """One online-softmax step over logits s [R, N] (log2 units, -inf = masked): the new running
+    max, the new running sum, the factor that rescales the old accumulator, and p = 2^(s - max)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    return m_new, l_i * alpha + tl.sum(p, 1), alpha, p

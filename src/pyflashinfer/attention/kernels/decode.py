@@ -9,7 +9,7 @@ request split into kv_chunk ranges (axis 2), or a batch plan's work list (axis 0
 import triton
 import triton.language as tl
 
-from .common import finalize, kv_offsets, load_rope, load_work, logits_log2, store_out
+from .common import finalize, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
 
 
 @triton.jit(do_not_specialize=["kv_len", "group_size", "kv_chunk", "window_left"])
@@ -38,7 +38,7 @@ def decode_fwd_kernel(
         kv_start = tl.load(kv_indptr_ptr + req)  # first page (PAGED) or first token
         row = req.to(tl.int64)
     else:
-        kv_start = 0
+        kv_start = tl.full([], 0, tl.int32)
         row = tl.program_id(0).to(tl.int64)
         lo = pid_s * kv_chunk
         hi = tl.minimum(lo + kv_chunk, kv_len)
@@ -69,13 +69,10 @@ def decode_fwd_kernel(
     if HAS_WINDOW:
         lo = tl.maximum(lo, q_pos - window_left)
 
+    k_base, v_base = kv_bases(k_ptr, v_ptr, pid_h, kv_start, stride_kh, stride_kn, stride_vh, stride_vn, PAGED)
     if PAGED:
-        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh
-        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh
-        page_ptr = kv_indices_ptr + kv_start
+        page_ptr = kv_indices_ptr + kv_start  # this request's page ids
     else:
-        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh + kv_start.to(tl.int64) * stride_kn
-        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh + kv_start.to(tl.int64) * stride_vn
         page_ptr = kv_indices_ptr
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
@@ -95,11 +92,7 @@ def decode_fwd_kernel(
         s = logits_log2(qk, sm_scale, soft_cap, slopes, rel_pos, HAS_SOFTCAP, HAS_ALIBI)
         s = tl.where(mask_n[None, :], s, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_new, l_i, alpha, p = softmax_step(m_i, l_i, s)
         v_rows = v_base + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
         v = tl.load(v_rows + offs_dvo[None, :], mask=mask_n[:, None] & mask_dvo[None, :], other=0.0).to(tl.float32)
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)

@@ -17,7 +17,7 @@ fp16's range (|q| < 65504).
 import triton
 import triton.language as tl
 
-from .common import finalize, kv_offsets, load_rope, load_work, logits_log2, store_out
+from .common import finalize, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
 
 
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
@@ -50,7 +50,7 @@ def attention_fwd_kernel(
     else:
         pid_m = tl.program_id(0)
         q_start = 0
-        kv_start = 0
+        kv_start = tl.full([], 0, tl.int32)
         lo = pid_s * kv_chunk
         hi = tl.minimum(lo + kv_chunk, kv_len)
 
@@ -90,13 +90,10 @@ def attention_fwd_kernel(
     if HAS_WINDOW:
         lo = tl.maximum(lo, first_row // group_size + (kv_len - qo_len) - window_left)
 
+    k_base, v_base = kv_bases(k_ptr, v_ptr, pid_h, kv_start, stride_kh, stride_kn, stride_vh, stride_vn, PAGED)
     if PAGED:
-        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh
-        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh
-        page_ptr = kv_indices_ptr + kv_start
+        page_ptr = kv_indices_ptr + kv_start  # this request's page ids
     else:
-        k_base = k_ptr + pid_h.to(tl.int64) * stride_kh + kv_start.to(tl.int64) * stride_kn
-        v_base = v_ptr + pid_h.to(tl.int64) * stride_vh + kv_start.to(tl.int64) * stride_vn
         page_ptr = kv_indices_ptr
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -126,11 +123,7 @@ def attention_fwd_kernel(
             keep &= ((byte >> (bit & 7).to(tl.int32)) & 1) != 0
         s = tl.where(keep, s, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_new, l_i, alpha, p = softmax_step(m_i, l_i, s)
         v_rows = v_base + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
         v = tl.load(v_rows + offs_dvo[None, :], mask=mask_n[:, None] & mask_dvo[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
