@@ -108,7 +108,6 @@ def bench_sdpa(w, cache, table, rows, graph):
                 break
             except Exception as e:
                 print(f"  {label} gqa={gqa}: {type(e).__name__}: {str(e)[:100]}")
-        del kk, vv
 
 
 def profile_run():

@@ -5,6 +5,8 @@
 from . import page, quantization, sampling, utils
 from .attention import (
     BatchDecodeWithPagedKVCacheWrapper,
+    BatchPrefillWithPagedKVCacheWrapper,
+    BatchPrefillWithRaggedKVCacheWrapper,
     CUDAGraphBatchDecodeWithPagedKVCacheWrapper,
     single_decode_with_kv_cache,
     single_prefill_with_kv_cache,

@@ -1,5 +1,6 @@
 """Attention over a KV cache: single-request entry points and batch wrappers."""
 from .decode import BatchDecodeWithPagedKVCacheWrapper, CUDAGraphBatchDecodeWithPagedKVCacheWrapper
+from .prefill import BatchPrefillWithPagedKVCacheWrapper, BatchPrefillWithRaggedKVCacheWrapper
 from .single import (
     single_decode_with_kv_cache,
     single_prefill_with_kv_cache,
@@ -7,6 +8,8 @@ from .single import (
 )
 
 __all__ = [
+    "BatchPrefillWithPagedKVCacheWrapper",
+    "BatchPrefillWithRaggedKVCacheWrapper",
     "BatchDecodeWithPagedKVCacheWrapper",
     "CUDAGraphBatchDecodeWithPagedKVCacheWrapper",
     "single_decode_with_kv_cache",

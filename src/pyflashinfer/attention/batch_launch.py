@@ -7,6 +7,7 @@ launches that the wrapper reuses while nothing but q/out/lse changes.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -52,6 +53,7 @@ def _paged_decode_launch(
     grid = (max_work, num_kv_heads, 1)
     if use_tensor_cores:
         attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
+                      mask_indptr_ptr=None,
                qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=_pow2(group), IS_CAUSAL=False,
                HAS_MASK=False, DOT_F16=k.element_size() == 1, **common)
     else:
@@ -91,3 +93,35 @@ def paged_decode(**kwargs) -> Optional[list]:
         torch.ops.pyflashinfer.paged_decode(**kwargs)
         return None
     return _paged_decode_launch(**kwargs)
+
+
+def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: Optional[torch.Tensor],
+                   strides: tuple, out: torch.Tensor, lse: Optional[torch.Tensor], alibi: Optional[torch.Tensor],
+                   sm_scale: float, v_scale: float) -> None:
+    """One launch over a PrefillPlan's work list. strides: (k page, k token, k head, v page,
+    v token, v head) in elements (page strides unused for a ragged KV)."""
+    if plan.num_work == 0:
+        return
+    var = plan.variant
+    sec = [plan.buffer[section(plan.batch_size, plan.num_work, i)[0]:] for i in range(4)]
+    kp, kn, kh, vp, vn, vh = strides
+    launch(
+        attention_fwd_kernel, (plan.num_work, plan.num_kv_heads, 1), num_warps=plan.num_warps,
+        num_stages=plan.num_stages,
+        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, mask_ptr=plan.packed_mask,
+        mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, work_ptr=plan.buffer, qo_indptr_ptr=sec[3],
+        seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices, part_o_ptr=None, part_lse_ptr=None,
+        stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=kp, stride_kn=kn, stride_kh=kh,
+        stride_vpage=vp, stride_vn=vn, stride_vh=vh, stride_os=0, stride_on=out.stride(0), stride_oh=out.stride(1),
+        stride_ls=0, stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
+        stride_w=plan.num_work, stride_pn=0, stride_ph=0, stride_pln=0, stride_plh=0,
+        qo_len=0, kv_len=0, group_size=plan.num_qo_heads // plan.num_kv_heads, kv_chunk=0,
+        sm_scale=sm_scale, soft_cap=var.soft_cap or 1.0, window_left=var.window_left,
+        rope_rcp_scale=1.0 / var.rope_scale, rope_log2_theta=math.log2(var.rope_theta), v_scale=v_scale,
+        HEAD_DIM_QK=plan.head_dim_qk, HEAD_DIM_VO=plan.head_dim_vo, BLOCK_DQK=_pow2(plan.head_dim_qk),
+        BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+        IS_CAUSAL=var.causal and plan.packed_mask is None, HAS_MASK=plan.packed_mask is not None,
+        HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=var.soft_cap > 0, HAS_ALIBI=var.use_alibi,
+        USE_ROPE=var.use_rope, WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0,
+        PAGE_SIZE=max(plan.page_size, 1), DOT_F16=k.element_size() == 1,
+    )

@@ -6,7 +6,6 @@ allocates nothing in CUDA-graph mode).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any, Optional, Tuple, Union

@@ -156,8 +156,8 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
     launch(
         attention_fwd_kernel, (m_tiles, num_kv_heads, num_splits),
         num_warps=tile.num_warps, num_stages=tile.num_stages,
-        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o_buf, lse_ptr=l_buf, mask_ptr=packed_mask, alibi_ptr=alibi_slopes,
-        qo_indptr_ptr=None, **_NO_BATCH,
+        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=o_buf, lse_ptr=l_buf, mask_ptr=packed_mask, mask_indptr_ptr=None,
+        alibi_ptr=alibi_slopes, qo_indptr_ptr=None, **_NO_BATCH,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kn=k.stride(0), stride_kh=k.stride(1),
         stride_vn=v.stride(0), stride_vh=v.stride(1),
         stride_os=stride_os, stride_on=o_buf.stride(-3), stride_oh=o_buf.stride(-2),

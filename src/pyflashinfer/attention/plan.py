@@ -153,3 +153,62 @@ def build_decode_buffer(seq_lens: torch.Tensor, kv_indptr: torch.Tensor, chunk: 
         start, length = section(batch, max_work, i)
         buf[start: start + length] = values
     return buf, num_work, int(merge_indptr[-1])
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """A batch prefill plan: every request's packed (token, head-in-group) rows cut into
+    BLOCK_M tiles, one work item per tile over the request's whole KV range (no KV split yet)."""
+    batch_size: int
+    num_qo_heads: int
+    num_kv_heads: int
+    head_dim_qk: int
+    head_dim_vo: int
+    page_size: int           # 0 for a ragged (contiguous per request) KV
+    q_dtype: torch.dtype
+    kv_dtype: torch.dtype
+    o_dtype: torch.dtype
+    variant: Variant
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    num_work: int
+    total_qo: int
+    total_kv: int            # tokens (ragged) or pages (paged) the page table names
+    buffer: torch.Tensor = field(repr=False)
+    packed_mask: Optional[torch.Tensor] = field(repr=False, default=None)
+    mask_indptr: Optional[torch.Tensor] = field(repr=False, default=None)
+
+    def __repr__(self) -> str:
+        kind = f"paged (page_size={self.page_size})" if self.page_size else "ragged"
+        return (f"PrefillPlan(batch={self.batch_size}, {kind}, heads={self.num_qo_heads}/{self.num_kv_heads}, "
+                f"head_dim={self.head_dim_qk}/{self.head_dim_vo}, {self.total_qo} query tokens, "
+                f"{self.num_work} work items of BLOCK_M={self.block_m}, grid=({self.num_work}, {self.num_kv_heads}), "
+                f"causal={self.variant.causal}, custom mask={self.packed_mask is not None}, "
+                f"dtypes q={self.q_dtype} kv={self.kv_dtype} o={self.o_dtype})")
+
+
+def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_lens: torch.Tensor, group: int,
+                         block_m: int, pin: bool) -> tuple[torch.Tensor, int]:
+    """The plan's int32 host buffer (same sections as a decode plan's) and the work count."""
+    batch = seq_lens.numel()
+    qo_lens = (qo_indptr[1:] - qo_indptr[:-1]).to(torch.int32)
+    tiles = (qo_lens * group + block_m - 1) // block_m
+    num_work = int(tiles.sum())
+    max_work = max(num_work, 1)
+    req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), tiles)
+    first = torch.cumsum(tiles, 0) - tiles
+    m_tile = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(first, tiles).to(torch.int32)
+    buf = torch.empty(buffer_len(batch, max_work), dtype=torch.int32, pin_memory=pin)
+    work = buf[: WORK_FIELDS * max_work].view(WORK_FIELDS, max_work)
+    work.fill_(0)
+    work[0].fill_(-1)
+    work[0, :num_work] = req
+    work[1, :num_work] = m_tile
+    work[3, :num_work] = seq_lens[req.long()]
+    work[4].fill_(-1)
+    for i, values in enumerate((seq_lens, torch.zeros(batch + 1, dtype=torch.int32), kv_indptr, qo_indptr)):
+        start, length = section(batch, max_work, i)
+        buf[start: start + length] = values
+    return buf, max_work

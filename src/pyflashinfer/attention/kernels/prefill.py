@@ -22,7 +22,7 @@ from .common import finalize, kv_bases, kv_offsets, load_rope, load_work, logits
 
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
 def attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, alibi_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
@@ -75,6 +75,9 @@ def attention_fwd_kernel(
         q = q.to(q_ptr.dtype.element_ty)
     else:
         q = tl.load(q_rows + offs_dqk[None, :], mask=mask_q, other=0.0)
+    if HAS_MASK:
+        if BATCHED:  # each request's mask starts on a byte of its own (segment_packbits)
+            mask_ptr += tl.load(mask_indptr_ptr + req).to(tl.int64)
     if DOT_F16:  # fp8 KV: fp8 -> fp16 converts natively on sm_90, fp8 -> bf16 does not
         q = q.to(tl.float16)
     if HAS_ALIBI:

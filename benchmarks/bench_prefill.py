@@ -1,0 +1,141 @@
+"""Prefill on the H100: the four prefill workloads of PERFORMANCE.md.
+
+    python benchmarks/bench_prefill.py [--out results.json]
+
+Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
+the ragged batch wrapper and the paged batch wrapper (page 16, pages scattered), against torch
+SDPA (cuDNN, flash; batched [B, H, L, D], GQA heads expanded outside the timed region) and
+compiled FlexAttention in the same run. The first call of each path is timed from the host
+(compile included). Every path is checked against the fp32 reference before it is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pyflashinfer as flashinfer  # noqa: E402
+from benchmarks.common import H100_BF16_TFLOPS, rel_err, table, time_host  # noqa: E402
+from benchmarks.workloads import PREFILL  # noqa: E402
+from pyflashinfer.attention.reference import attention_ref  # noqa: E402
+
+TOL = 2e-2
+
+
+def _check(name, out, q, k, v):
+    """out [L, H, D] of one request against the fp32 reference on its last 256 query rows
+    (bottom-right alignment makes a tail of q exact)."""
+    ref, _ = attention_ref(q[-256:], k, v, causal=True)
+    err = rel_err(out[-256:], ref)
+    if not err < TOL:
+        raise SystemExit(f"{name}: relative error {err:.3g} >= {TOL}; refusing to time a wrong kernel")
+    return err
+
+
+def _first_call(fn):
+    t0 = time.time()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.time() - t0
+
+
+def _paged(ks, vs, page):
+    """Scatter the requests' K/V into a page pool at random; return (cache, indptr, indices, last)."""
+    n_pages = [k.shape[0] // page for k in ks]
+    total = sum(n_pages)
+    perm = torch.randperm(total, device="cuda")
+    cache = torch.empty(total, 2, page, ks[0].shape[1], ks[0].shape[2], device="cuda", dtype=ks[0].dtype)
+    start = 0
+    for k, v, n in zip(ks, vs, n_pages):
+        ids = perm[start: start + n]
+        cache[ids, 0] = k.view(n, page, *k.shape[1:])
+        cache[ids, 1] = v.view(n, page, *v.shape[1:])
+        start += n
+    indptr = torch.tensor([0] + torch.tensor(n_pages).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    last = torch.full((len(ks),), page, dtype=torch.int32, device="cuda")
+    return cache, indptr, perm.to(torch.int32), last
+
+
+def bench(w, ws, rows):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    dt = torch.bfloat16
+    qs = [torch.randn(w.seq, w.q_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+    ks = [torch.randn(w.seq, w.kv_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+    vs = [torch.randn(w.seq, w.kv_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+    q_cat, k_cat, v_cat = torch.cat(qs), torch.cat(ks), torch.cat(vs)
+    indptr = torch.arange(0, (w.batch + 1) * w.seq, w.seq, dtype=torch.int32, device="cuda")
+
+    def single():
+        return [flashinfer.single_prefill_with_kv_cache(q, k, v, causal=True) for q, k, v in zip(qs, ks, vs)][-1]
+
+    ragged = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+    ragged.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt)
+    cache, p_indptr, p_indices, p_last = _paged(ks, vs, 16)
+    paged = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+    paged.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16, causal=True,
+               q_data_type=dt)
+    paths = [("single (per request)", single, lambda o: o),
+             ("ragged wrapper", lambda: ragged.run(q_cat, k_cat, v_cat), lambda o: o[-w.seq:]),
+             ("paged wrapper p16", lambda: paged.run(q_cat, cache), lambda o: o[-w.seq:])]
+    for label, fn, last_req in paths:
+        out, first = _first_call(fn)
+        err = _check(f"{w.name} {label}", last_req(out), qs[-1], ks[-1], vs[-1])
+        t = time_host(fn)
+        row = {"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
+               "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS, "rel err": err, "first call s": first}
+        print(row, flush=True)
+        rows.append(row)
+    qb = torch.stack(qs).transpose(1, 2).contiguous()
+    kb = torch.stack(ks).transpose(1, 2).repeat_interleave(w.q_heads // w.kv_heads, 1).contiguous()
+    vb = torch.stack(vs).transpose(1, 2).repeat_interleave(w.q_heads // w.kv_heads, 1).contiguous()
+    for label, backend in (("sdpa cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa flash", SDPBackend.FLASH_ATTENTION)):
+        try:
+            def fn():
+                with sdpa_kernel(backend):
+                    return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
+            fn()
+            t = time_host(fn)
+            rows.append({"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
+                         "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS})
+        except Exception as e:
+            print(f"  {label} unavailable: {type(e).__name__}: {str(e)[:120]}")
+    try:
+        flex = torch.compile(flex_attention)
+        bm = create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, w.seq, w.seq, device="cuda")
+        flex(qb, kb, vb, block_mask=bm)
+        t = time_host(lambda: flex(qb, kb, vb, block_mask=bm))
+        rows.append({"workload": w.name, "impl": "flex (compiled)", "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
+                     "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS})
+    except Exception as e:
+        print(f"  flex unavailable: {type(e).__name__}: {str(e)[:120]}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    import triton
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "date": time.strftime("%Y-%m-%d")}
+    print(results, flush=True)
+    ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+    rows = []
+    for w in PREFILL:
+        bench(w, ws, rows)
+    results["rows"] = rows
+    print(table(rows, ["workload", "impl", "us", "TFLOP/s", "% of mm", "rel err", "first call s"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Batch prefill: FlashInfer's `BatchPrefillWithRaggedKVCacheWrapper` and
+`BatchPrefillWithPagedKVCacheWrapper`.
+
+Thin shells over a frozen `PrefillPlan` (plan.py): `plan()` reads the indptrs on the host and
+makes one host-to-device copy; `run()` checks its inputs against the plan and launches once.
+Each request's causal mask is aligned bottom-right (query i of a request with qo_len queries and
+kv_len keys sits at position kv_len - qo_len + i), so qo_len < kv_len is chunked prefill.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional, Tuple, Union
+
+import torch
+
+from .. import _validate as V
+from .._launch import empty_output
+from ..packbits import segment_packbits
+from ..page import PagedKVCache, unpack_paged_kv_cache
+from ..utils import PosEncodingMode, canonicalize_dtype, get_alibi_slopes
+from .batch_launch import prefill_launch
+from .decode import _host_int32
+from .launch import Variant, _pow2, prefill_tile
+from .plan import PrefillPlan, build_prefill_buffer
+
+_BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
+
+
+class _BatchPrefillWrapper:
+    """What the ragged and the paged wrappers share: the workspace, the plan, the launch."""
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 backend: str = "auto") -> None:
+        V.check_kv_layout(kv_layout)
+        V.check_tensor("float_workspace_buffer", float_workspace_buffer, 1)
+        if use_cuda_graph:
+            raise NotImplementedError("CUDA-graph mode of the prefill wrappers is not supported yet")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
+        self._layout = kv_layout
+        self._device = float_workspace_buffer.device
+        self._plan: Optional[PrefillPlan] = None
+
+    @property
+    def is_cuda_graph_enabled(self) -> bool:
+        return False
+
+    @property
+    def plan_value(self) -> Optional[PrefillPlan]:
+        return self._plan
+
+    def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
+        self._device = float_workspace_buffer.device
+
+    def end_forward(self) -> None:
+        """No-op, kept for compatibility."""
+
+    def _make_plan(self, qo_indptr, kv_indptr_h, seq_lens_h, page_size, num_qo_heads, num_kv_heads, head_dim_qk,
+                   head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale, window_left,
+                   logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type,
+                   non_blocking) -> None:
+        V.check_heads(num_qo_heads, num_kv_heads)
+        head_dim_vo = head_dim_qk if head_dim_vo is None else head_dim_vo
+        V.check_head_dim("head_dim_qk", head_dim_qk)
+        V.check_head_dim("head_dim_vo", head_dim_vo)
+        batch = seq_lens_h.numel()
+        qo_h = _host_int32("qo_indptr", qo_indptr, batch + 1)
+        if qo_h[0] != 0 or bool((qo_h[1:] < qo_h[:-1]).any()):
+            raise ValueError(f"qo_indptr: expected non-decreasing offsets starting at 0, got {qo_h.tolist()[:16]}")
+        q_dtype = canonicalize_dtype(q_data_type)
+        kv_dtype = canonicalize_dtype(kv_data_type) or q_dtype
+        o_dtype = canonicalize_dtype(o_data_type) or q_dtype
+        if q_dtype not in V.FLOAT16_TYPES:
+            raise TypeError(f"q_data_type: expected float16 or bfloat16, got {q_dtype}")
+        if kv_dtype not in V.KV_TYPES or (kv_dtype in V.FLOAT16_TYPES and kv_dtype != q_dtype):
+            raise TypeError(f"kv_data_type: expected {q_dtype} or an fp8 type, got {kv_dtype}")
+        if o_dtype not in V.FLOAT16_TYPES:
+            raise TypeError(f"o_data_type: expected float16 or bfloat16, got {o_dtype}")
+        mode = V.check_pos_encoding_mode(pos_encoding_mode)
+        V.check_window_left(window_left)
+        qo_lens = qo_h[1:] - qo_h[:-1]
+
+        packed, mask_indptr = None, None
+        if custom_mask is not None or packed_custom_mask is not None:
+            sizes = (qo_lens * seq_lens_h).to(torch.int64)
+            elem_indptr = torch.zeros(batch + 1, dtype=torch.int64)
+            elem_indptr[1:] = torch.cumsum(sizes, 0)
+            if custom_mask is not None:
+                V.check_tensor("custom_mask", custom_mask, 1)
+                if custom_mask.dtype != torch.bool:
+                    raise TypeError(f"custom_mask: expected dtype torch.bool, got {custom_mask.dtype}")
+                if custom_mask.numel() != int(elem_indptr[-1]):
+                    raise ValueError(f"custom_mask: expected {int(elem_indptr[-1])} entries (the flattened "
+                                     f"[qo_len, kv_len] masks of all requests), got {custom_mask.numel()}")
+                packed, mask_indptr = segment_packbits(custom_mask.to(self._device),
+                                                       elem_indptr.to(self._device), bitorder="little")
+            else:
+                V.check_tensor("packed_custom_mask", packed_custom_mask, 1)
+                if packed_custom_mask.dtype != torch.uint8:
+                    raise TypeError(f"packed_custom_mask: expected uint8, got {packed_custom_mask.dtype}")
+                byte_indptr = torch.zeros(batch + 1, dtype=torch.int64)
+                byte_indptr[1:] = torch.cumsum((sizes + 7) // 8, 0)
+                if packed_custom_mask.numel() < int(byte_indptr[-1]):
+                    raise ValueError(f"packed_custom_mask: expected {int(byte_indptr[-1])} bytes (each request's "
+                                     f"mask packed on its own, as segment_packbits does), got {packed_custom_mask.numel()}")
+                packed, mask_indptr = packed_custom_mask.to(self._device), byte_indptr.to(self._device)
+            mask_indptr = mask_indptr.to(torch.int64)
+
+        group = num_qo_heads // num_kv_heads
+        max_rows = int(qo_lens.max()) * group if batch else 1
+        tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1))
+        host, num_work = build_prefill_buffer(qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m,
+                                              pin=self._device.type == "cuda")
+        buf = torch.empty(host.numel(), dtype=torch.int32, device=self._device)
+        buf.copy_(host, non_blocking=non_blocking)
+        self._plan = PrefillPlan(
+            batch_size=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim_qk=head_dim_qk,
+            head_dim_vo=head_dim_vo, page_size=page_size, q_dtype=q_dtype, kv_dtype=kv_dtype, o_dtype=o_dtype,
+            variant=Variant(sm_scale=1.0 / math.sqrt(head_dim_qk) if sm_scale is None else float(sm_scale),
+                            causal=bool(causal), window_left=window_left, soft_cap=V.check_soft_cap(logits_soft_cap),
+                            use_rope=mode == PosEncodingMode.ROPE_LLAMA,
+                            rope_scale=1.0 if rope_scale is None else float(rope_scale),
+                            rope_theta=1e4 if rope_theta is None else float(rope_theta),
+                            use_alibi=mode == PosEncodingMode.ALIBI),
+            block_m=tile.block_m, block_n=tile.block_n, num_warps=tile.num_warps, num_stages=tile.num_stages,
+            num_work=num_work if int(qo_h[-1]) else 0, total_qo=int(qo_h[-1]), total_kv=int(kv_indptr_h[-1]),
+            buffer=buf, packed_mask=packed, mask_indptr=mask_indptr)
+        self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
+
+    def _run(self, q, k, v, kv_indices, strides, q_scale, k_scale, v_scale, out, lse, return_lse, window_left):
+        plan = self._plan
+        if plan is None:
+            raise RuntimeError("run() before plan(): call plan() with the batch's indptrs first")
+        if window_left is not None and window_left != plan.variant.window_left:
+            raise ValueError(f"window_left={window_left} at run differs from {plan.variant.window_left} given to plan()")
+        shape = (plan.total_qo, plan.num_qo_heads, plan.head_dim_qk)
+        V.check_tensor("q", q, 3)
+        if tuple(q.shape) != shape:
+            raise ValueError(f"q: expected shape {shape} (qo_indptr[-1], num_qo_heads, head_dim_qk) as planned, "
+                             f"got {tuple(q.shape)}")
+        if q.dtype != plan.q_dtype:
+            raise ValueError(f"q: the plan fixed q_data_type={plan.q_dtype}, got {q.dtype}; pass q_data_type to plan()")
+        if k.dtype != plan.kv_dtype or v.dtype != plan.kv_dtype:
+            raise ValueError(f"k/v: the plan fixed kv_data_type={plan.kv_dtype}, got {k.dtype}/{v.dtype}")
+        V.check_last_dim_contiguous("q", q)
+        if q.device != self._device or k.device != self._device:
+            raise ValueError(f"q and the KV must be on the workspace's device {self._device}, got {q.device}, {k.device}")
+        o_shape = (plan.total_qo, plan.num_qo_heads, plan.head_dim_vo)
+        if out is None:
+            out = empty_output(*o_shape, dtype=plan.o_dtype, device=self._device)
+        else:
+            V.check_out("out", out, o_shape, plan.o_dtype, self._device)
+        if return_lse:
+            if lse is None:
+                lse = empty_output(*o_shape[:2], dtype=torch.float32, device=self._device)
+            else:
+                V.check_out("lse", lse, o_shape[:2], torch.float32, self._device)
+        else:
+            lse = None
+        sm_scale = plan.variant.sm_scale * (1.0 if q_scale is None else float(q_scale)) * \
+            (1.0 if k_scale is None else float(k_scale))
+        prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sm_scale,
+                       1.0 if v_scale is None else float(v_scale))
+        return (out, lse) if return_lse else out
+
+
+class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
+    r"""Prefill attention for a batch whose K/V are ragged (contiguous per request).
+
+    Example::
+
+        w = BatchPrefillWithRaggedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
+        w.plan(qo_indptr, kv_indptr, 32, 8, 128, causal=True, q_data_type=torch.bfloat16)
+        out = w.run(q, k, v)   # q [qo_indptr[-1], 32, 128], k/v [kv_indptr[-1], 8, 128]
+    """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 qo_indptr_buf: Optional[torch.Tensor] = None, kv_indptr_buf: Optional[torch.Tensor] = None,
+                 custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
+                 backend: str = "auto", jit_args: Optional[Any] = None, jit_kwargs: Optional[Any] = None) -> None:
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend)
+
+    def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
+             head_dim_qk: int, head_dim_vo: Optional[int] = None, custom_mask: Optional[torch.Tensor] = None,
+             packed_custom_mask: Optional[torch.Tensor] = None, causal: bool = False, pos_encoding_mode: str = "NONE",
+             use_fp16_qk_reduction: bool = False, window_left: int = -1, logits_soft_cap: Optional[float] = None,
+             sm_scale: Optional[float] = None, rope_scale: Optional[float] = None, rope_theta: Optional[float] = None,
+             q_data_type: Union[str, torch.dtype] = "float16", kv_data_type: Optional[Union[str, torch.dtype]] = None,
+             o_data_type: Optional[Union[str, torch.dtype]] = None, non_blocking: bool = True,
+             fixed_split_size: Optional[int] = None, disable_split_kv: bool = False, **unsupported: Any) -> None:
+        """Plan for requests with qo_indptr [B+1] query offsets and kv_indptr [B+1] key offsets."""
+        if unsupported:
+            raise NotImplementedError(f"plan() arguments not supported yet: {sorted(unsupported)}")
+        kv_h = _host_int32("kv_indptr", kv_indptr)
+        if kv_h.numel() < 1 or kv_h[0] != 0 or bool((kv_h[1:] < kv_h[:-1]).any()):
+            raise ValueError(f"kv_indptr: expected non-decreasing offsets starting at 0, got {kv_h.tolist()[:16]}")
+        self._make_plan(qo_indptr, kv_h, (kv_h[1:] - kv_h[:-1]).to(torch.int32), 0, num_qo_heads, num_kv_heads,
+                        head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale,
+                        window_left, logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type,
+                        non_blocking)
+
+    begin_forward = plan
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, q_scale: Optional[float] = None,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None, o_scale: Optional[float] = None,
+            out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None, return_lse: bool = False,
+            enable_pdl: Optional[bool] = None, kv_cache_sf=None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """q [qo_indptr[-1], H_qo, D_qk]; k [kv_indptr[-1], H_kv, D_qk] and v [.., D_vo] (NHD; HND
+        swaps the first two axes). Returns out [qo_indptr[-1], H_qo, D_vo] (and the base-2 lse)."""
+        if args or o_scale is not None or kv_cache_sf is not None:
+            raise NotImplementedError("extra positional arguments, o_scale and kv_cache_sf are not supported")
+        V.check_tensor("k", k, 3)
+        V.check_tensor("v", v, 3)
+        if self._layout == "HND":
+            k, v = k.transpose(0, 1), v.transpose(0, 1)
+        plan = self._plan
+        if plan is not None and (k.shape[0] < plan.total_kv or k.shape[1] != plan.num_kv_heads
+                                 or v.shape[:2] != k.shape[:2] or k.shape[2] != plan.head_dim_qk
+                                 or v.shape[2] != plan.head_dim_vo):
+            raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} (as NHD): expected [>= {plan.total_kv}, "
+                             f"{plan.num_kv_heads}, {plan.head_dim_qk}/{plan.head_dim_vo}] as planned")
+        V.check_last_dim_contiguous("k", k)
+        V.check_last_dim_contiguous("v", v)
+        strides = (0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1))
+        return self._run(q, k, v, None, strides, q_scale, k_scale, v_scale, out, lse, return_lse, None)
+
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+
+    def forward(self, q, k, v, *args, **kwargs):
+        """Deprecated alias of run()."""
+        return self.run(q, k, v, *args, **kwargs)
+
+
+class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
+    r"""Prefill attention for a batch whose K/V live in a paged cache (see :mod:`pyflashinfer.page`).
+
+    Example::
+
+        w = BatchPrefillWithPagedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
+        w.plan(qo_indptr, kv_indptr, kv_indices, kv_last_page_len, 32, 8, 128, 16, causal=True,
+               q_data_type=torch.bfloat16)
+        out = w.run(q, (k_cache, v_cache))
+    """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
+                 qo_indptr_buf: Optional[torch.Tensor] = None, paged_kv_indptr_buf: Optional[torch.Tensor] = None,
+                 paged_kv_indices_buf: Optional[torch.Tensor] = None,
+                 paged_kv_last_page_len_buf: Optional[torch.Tensor] = None,
+                 custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
+                 backend: str = "auto", jit_args: Optional[Any] = None, jit_kwargs: Optional[Any] = None) -> None:
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend)
+
+    def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
+             paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
+             page_size: int, head_dim_vo: Optional[int] = None, custom_mask: Optional[torch.Tensor] = None,
+             packed_custom_mask: Optional[torch.Tensor] = None, causal: bool = False, pos_encoding_mode: str = "NONE",
+             use_fp16_qk_reduction: bool = False, sm_scale: Optional[float] = None, window_left: int = -1,
+             logits_soft_cap: Optional[float] = None, rope_scale: Optional[float] = None,
+             rope_theta: Optional[float] = None, q_data_type: Union[str, torch.dtype] = "float16",
+             kv_data_type: Optional[Union[str, torch.dtype]] = None,
+             o_data_type: Optional[Union[str, torch.dtype]] = None, non_blocking: bool = True,
+             fixed_split_size: Optional[int] = None, disable_split_kv: bool = False, **unsupported: Any) -> None:
+        """Plan for requests with qo_indptr [B+1] and the page table (indptr [B+1], indices,
+        last_page_len [B] in 1..page_size, 0 for a request without pages)."""
+        if unsupported:
+            raise NotImplementedError(f"plan() arguments not supported yet: {sorted(unsupported)}")
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
+        batch = paged_kv_last_page_len.shape[0]
+        indptr_h = _host_int32("paged_kv_indptr", paged_kv_indptr, batch + 1)
+        last_h = _host_int32("paged_kv_last_page_len", paged_kv_last_page_len)
+        if indptr_h[0] != 0 or bool((indptr_h[1:] < indptr_h[:-1]).any()):
+            raise ValueError(f"paged_kv_indptr: expected non-decreasing page offsets from 0, got {indptr_h.tolist()[:16]}")
+        V.check_tensor("paged_kv_indices", paged_kv_indices, 1)
+        if paged_kv_indices.shape[0] < int(indptr_h[-1]):
+            raise ValueError(f"paged_kv_indices: expected at least {int(indptr_h[-1])} page ids, "
+                             f"got {paged_kv_indices.shape[0]}")
+        if paged_kv_indices.device != self._device:
+            raise ValueError(f"paged_kv_indices: expected a tensor on {self._device}, got {paged_kv_indices.device}")
+        pages = indptr_h[1:] - indptr_h[:-1]
+        bad = ((pages > 0) & ((last_h < 1) | (last_h > page_size))) | ((pages == 0) & (last_h != 0))
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0])
+            raise ValueError(f"paged_kv_last_page_len[{b}] = {int(last_h[b])}: expected 1..page_size ({page_size}) "
+                             f"for a request with pages, 0 for an empty one")
+        seq = torch.where(pages > 0, (pages - 1).clamp(min=0) * page_size + last_h, 0).to(torch.int32)
+        self._kv_indices = paged_kv_indices
+        self._make_plan(qo_indptr, indptr_h, seq, page_size, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
+                        custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale, window_left,
+                        logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type, non_blocking)
+
+    begin_forward = plan
+
+    def run(self, q: torch.Tensor, paged_kv_cache: PagedKVCache, *args, q_scale: Optional[float] = None,
+            k_scale: Optional[float] = None, v_scale: Optional[float] = None, out: Optional[torch.Tensor] = None,
+            lse: Optional[torch.Tensor] = None, return_lse: bool = False, enable_pdl: Optional[bool] = None,
+            window_left: Optional[int] = None, sinks: Optional[torch.Tensor] = None, kv_cache_sf=None,
+            **unsupported: Any) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """q [qo_indptr[-1], H_qo, D]; returns out [qo_indptr[-1], H_qo, D] (and the base-2 lse)."""
+        if args or sinks is not None or kv_cache_sf is not None or unsupported:
+            raise NotImplementedError("extra positional arguments, sinks, kv_cache_sf and "
+                                      f"{sorted(unsupported)} are not supported")
+        plan = self._plan
+        cache = unpack_paged_kv_cache(paged_kv_cache, self._layout)
+        if plan is not None and (cache.page_size, cache.num_kv_heads, cache.head_dim) != \
+                (plan.page_size, plan.num_kv_heads, plan.head_dim_qk):
+            raise ValueError(f"paged_kv_cache: expected page_size {plan.page_size}, {plan.num_kv_heads} kv heads, "
+                             f"head_dim {plan.head_dim_qk} as planned, got {cache.page_size}, {cache.num_kv_heads}, "
+                             f"{cache.head_dim}")
+        strides = (cache.stride_page, cache.stride_tok, cache.stride_head,
+                   cache.v_stride_page, cache.v_stride_tok, cache.v_stride_head)
+        return self._run(q, cache.k, cache.v, self._kv_indices, strides, q_scale, k_scale, v_scale, out, lse,
+                         return_lse, window_left)
+
+    run_return_lse = functools.partialmethod(run, return_lse=True)
+
+    def forward(self, q, paged_kv_cache, *args, **kwargs):
+        """Deprecated alias of run()."""
+        return self.run(q, paged_kv_cache, *args, **kwargs)

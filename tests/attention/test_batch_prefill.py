@@ -1,0 +1,126 @@
+"""Batch prefill wrappers (ragged and paged KV) against the fp32 reference, request by request."""
+import pytest
+import torch
+
+import pyflashinfer as flashinfer
+from helpers import assert_close_policy, lowp_of
+from cases import FP8, random_paged_cache
+from pyflashinfer.attention.reference import attention_ref
+
+F16, BF16, E4M3 = torch.float16, torch.bfloat16, torch.float8_e4m3fn
+
+
+def _ws(device):
+    return torch.empty(8 << 20, dtype=torch.uint8, device=device)
+
+
+def _i32(values, device):
+    return torch.tensor(values, dtype=torch.int32, device=device)
+
+
+def _indptr(lens):
+    out = [0]
+    for n in lens:
+        out.append(out[-1] + n)
+    return out
+
+
+def _check(out, lse, qs, ks, vs, dtype, masks=None, **kw):
+    start = 0
+    for b, q in enumerate(qs):
+        n = q.shape[0]
+        mk = {} if masks is None else dict(custom_mask=masks[b])
+        o32, l32 = attention_ref(q, ks[b], vs[b], **mk, **kw)
+        olp, llp = attention_ref(q, ks[b], vs[b], compute_dtype=lowp_of(dtype), **mk, **kw)
+        assert_close_policy(out[start:start + n], o32, olp, name=f"out[req {b}]")
+        assert_close_policy(lse[start:start + n], l32, llp, name=f"lse[req {b}]")
+        start += n
+
+
+# (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, dtype, kwargs)
+RAGGED = [
+    ("causal-mixed", [5, 0, 40, 1], [5, 3, 100, 77], 8, 2, 64, F16, dict(causal=True)),
+    ("noncausal-g3", [17, 9], [30, 9], 6, 2, 64, BF16, {}),
+    ("causal-g1-d128", [33, 64], [33, 64], 4, 4, 128, BF16, dict(causal=True)),
+    ("window-softcap", [20, 31], [50, 31], 8, 2, 64, F16, dict(causal=True, window_left=8, logits_soft_cap=10.0)),
+    ("rope-alibi-g5", [12, 7], [40, 7], 10, 2, 64, BF16, dict(causal=True, pos_encoding_mode="ROPE_LLAMA")),
+    ("alibi", [12, 3], [12, 30], 8, 4, 64, F16, dict(causal=True, pos_encoding_mode="ALIBI")),
+    ("empty-kv", [4, 6], [0, 6], 4, 2, 64, F16, dict(causal=False)),
+]
+
+
+@pytest.mark.parametrize("case", RAGGED, ids=[c[0] for c in RAGGED])
+def test_ragged_prefill(case, device):
+    _, qo_lens, kv_lens, h_qo, h_kv, d, dtype, kw = case
+    qs = [torch.randn(n, h_qo, d, device=device).to(dtype) for n in qo_lens]
+    ks = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_lens]
+    vs = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_lens]
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
+    w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=dtype, **kw)
+    out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
+    _check(out, lse, qs, ks, vs, dtype, **kw)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["bool-mask", "packed-mask"])
+def test_ragged_custom_mask(packed, device):
+    qo_lens, kv_lens, h_qo, h_kv, d = [9, 3, 14], [20, 3, 14], 4, 2, 64
+    qs = [torch.randn(n, h_qo, d, device=device).half() for n in qo_lens]
+    ks = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
+    vs = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
+    masks = [torch.rand(q, k, device=device) < 0.6 for q, k in zip(qo_lens, kv_lens)]
+    masks[0][2] = False  # a fully masked row: o = 0, lse = -inf
+    flat = torch.cat([m.reshape(-1) for m in masks])
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
+    if packed:
+        packed_mask, _ = flashinfer.segment_packbits(flat, torch.tensor(_indptr([m.numel() for m in masks]),
+                                                                          device=device), bitorder="little")
+        mk = dict(packed_custom_mask=packed_mask)
+    else:
+        mk = dict(custom_mask=flat)
+    w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=True,
+           q_data_type=F16, **mk)
+    out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
+    _check(out, lse, qs, ks, vs, F16, masks=masks)
+    assert torch.all(out[2] == 0) and torch.all(lse[2] == float("-inf"))
+
+
+# (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size, dtype, kv dtype, layout, kwargs)
+PAGED = [
+    ("chunked-p16", [3, 16, 1, 0], [40, 16, 17, 5], 8, 2, 64, 16, F16, F16, "NHD", dict(causal=True)),
+    ("p1-hnd", [5, 8], [9, 8], 4, 4, 64, 1, BF16, BF16, "HND", dict(causal=True)),
+    ("p5-g7", [6, 2], [11, 30], 7, 1, 64, 5, F16, F16, "NHD", dict(causal=True)),
+    ("fp8", [10, 4], [70, 4], 8, 2, 128, 16, F16, E4M3, "NHD", dict(causal=True)),
+    ("d256-window", [9], [33], 4, 2, 256, 16, BF16, BF16, "NHD", dict(causal=True, window_left=5)),
+]
+
+
+@pytest.mark.parametrize("case", PAGED, ids=[c[0] for c in PAGED])
+def test_paged_prefill(case, device):
+    _, qo_lens, kv_lens, h_qo, h_kv, d, page, dtype, kv_dtype, layout, kw = case
+    paged, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, kv_dtype, device,
+                                                                         layout, as_tuple=len(kv_lens) % 2 == 0)
+    qs = [torch.randn(n, h_qo, d, device=device).to(dtype) for n in qo_lens]
+    w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_ws(device), layout)
+    w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, q_data_type=dtype,
+           kv_data_type=kv_dtype, **kw)
+    scales = dict(k_scale=kv_scale, v_scale=kv_scale) if kv_dtype in FP8 else {}
+    out, lse = w.run(torch.cat(qs), paged, return_lse=True, **scales)
+    _check(out, lse, qs, ks, vs, dtype, **scales, **kw)
+
+
+def test_prefill_rejects_bad_input(device):
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        w.plan(_i32([0, 3, 2], device), _i32([0, 3, 4], device), 4, 2, 64)
+    with pytest.raises(ValueError, match="entries"):
+        w.plan(_i32([0, 3], device), _i32([0, 3, 4], device), 4, 2, 64)
+    w.plan(_i32([0, 3], device), _i32([0, 5], device), 4, 2, 64, custom_mask=None)
+    with pytest.raises(ValueError, match="q_data_type"):
+        w.run(torch.randn(3, 4, 64, device=device).bfloat16(), *[torch.randn(5, 2, 64, device=device).bfloat16()] * 2)
+    with pytest.raises(ValueError, match="shape"):
+        w.run(torch.randn(4, 4, 64, device=device).half(), *[torch.randn(5, 2, 64, device=device).half()] * 2)
+    with pytest.raises(ValueError, match="entries"):
+        w.plan(_i32([0, 3], device), _i32([0, 5], device), 4, 2, 64,
+               custom_mask=torch.ones(14, dtype=torch.bool, device=device))
+    with pytest.raises(NotImplementedError):
+        flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device), use_cuda_graph=True)
