@@ -55,7 +55,7 @@ def _paged_decode_launch(
         attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
                       mask_indptr_ptr=None,
                qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=_pow2(group), IS_CAUSAL=False,
-               HAS_MASK=False, DOT_F16=k.element_size() == 1, **common)
+               HAS_MASK=False, DOT_F16=k.element_size() == 1, HAS_PARTIALS=True, **common)
     else:
         attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)
@@ -123,5 +123,5 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         IS_CAUSAL=var.causal and plan.packed_mask is None, HAS_MASK=plan.packed_mask is not None,
         HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=var.soft_cap > 0, HAS_ALIBI=var.use_alibi,
         USE_ROPE=var.use_rope, WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0,
-        PAGE_SIZE=max(plan.page_size, 1), DOT_F16=k.element_size() == 1,
+        PAGE_SIZE=max(plan.page_size, 1), DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
     )

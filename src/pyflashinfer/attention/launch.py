@@ -167,7 +167,7 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         HEAD_DIM_QK=d_qk, HEAD_DIM_VO=d_vo, BLOCK_DQK=block_dqk, BLOCK_DVO=block_dvo,
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
         IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
-        WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, **variant.kernel_args(),
+        WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False, **variant.kernel_args(),
     )
     if num_splits > 1:
         merge_states_into(o_buf, l_buf, out, lse)

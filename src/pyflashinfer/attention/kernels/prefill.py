@@ -35,7 +35,7 @@ def attention_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, USE_ROPE: tl.constexpr,
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    DOT_F16: tl.constexpr,
+    DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -134,8 +134,8 @@ def attention_fwd_kernel(
 
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_m[:, None] & mask_dvo[None, :]
-    if BATCHED:
-        if slot >= 0:  # a partial state of a split request
+    if HAS_PARTIALS:  # batch plans that split KV: slot >= 0 writes a partial state
+        if slot >= 0:
             p_row = (slot + tok).to(tl.int64)
             tl.store(part_o_ptr + p_row[:, None] * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :],
                      out, mask=mask_o)
@@ -143,6 +143,9 @@ def attention_fwd_kernel(
         else:
             store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, 0, stride_on, stride_oh,
                       0, stride_ln, stride_lh, WRITE_LSE)
+    elif BATCHED:
+        store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, 0, stride_on, stride_oh,
+                  0, stride_ln, stride_lh, WRITE_LSE)
     else:
         store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, pid_s.to(tl.int64) * stride_os,
                   stride_on, stride_oh, pid_s.to(tl.int64) * stride_ls, stride_ln, stride_lh, WRITE_LSE)
