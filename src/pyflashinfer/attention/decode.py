@@ -15,9 +15,10 @@ import torch
 from .. import _validate as V
 from .._launch import aligned16, empty_output
 from ..page import PagedKVCache, unpack_paged_kv_cache
-from ..utils import PosEncodingMode, canonicalize_dtype, get_alibi_slopes, is_interpreting, num_sms
+from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import paged_decode
 from .launch import Variant, decode_tile
+from .host_checks import host_page_table, planned_dtypes
 from .plan import DecodePlan, build_decode_buffer, buffer_len, choose_chunk, max_work_items
 
 _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_data_type", "kv_data_type",
@@ -46,15 +47,6 @@ def _same_cache(a, b) -> bool:
         return True
     return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b) == 2 \
         and a[0] is b[0] and a[1] is b[1]
-
-
-def _host_int32(name: str, t: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
-    V.check_tensor(name, t, 1)
-    if t.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{name}: expected an int32 or int64 tensor, got {t.dtype}")
-    if length is not None and t.shape[0] != length:
-        raise ValueError(f"{name}: expected {length} entries, got {t.shape[0]}")
-    return t.to("cpu", torch.int32)
 
 
 class BatchDecodeWithPagedKVCacheWrapper:
@@ -163,39 +155,14 @@ class BatchDecodeWithPagedKVCacheWrapper:
                                       "pass indptr/indices/last_page_len")
         V.check_heads(num_qo_heads, num_kv_heads)
         V.check_head_dim("head_dim", head_dim)
-        if not isinstance(page_size, int) or page_size < 1:
-            raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
-        q_dtype = canonicalize_dtype(q_data_type if data_type is None else data_type)
-        kv_dtype = canonicalize_dtype(kv_data_type) or canonicalize_dtype(data_type) or q_dtype
-        o_dtype = canonicalize_dtype(o_data_type) or q_dtype
-        if q_dtype not in V.FLOAT16_TYPES:
-            raise TypeError(f"q_data_type: expected float16 or bfloat16, got {q_dtype}")
-        if kv_dtype not in V.KV_TYPES or (kv_dtype in V.FLOAT16_TYPES and kv_dtype != q_dtype):
-            raise TypeError(f"kv_data_type: expected {q_dtype} or an fp8 type, got {kv_dtype}")
-        if o_dtype not in V.FLOAT16_TYPES:
-            raise TypeError(f"o_data_type: expected float16 or bfloat16, got {o_dtype}")
-
-        batch = last_page_len.shape[0] if isinstance(last_page_len, torch.Tensor) else -1
-        indptr_h = _host_int32("indptr", indptr, batch + 1)
-        last_h = _host_int32("last_page_len", last_page_len)
-        V.check_tensor("indices", indices, 1)
-        if indptr_h[0] != 0 or bool((indptr_h[1:] < indptr_h[:-1]).any()):
-            raise ValueError(f"indptr: expected non-decreasing page offsets starting at 0, got {indptr_h.tolist()[:16]}")
-        if indices.shape[0] < int(indptr_h[-1]):
-            raise ValueError(f"indices: expected at least indptr[-1] = {int(indptr_h[-1])} page ids, "
-                             f"got {indices.shape[0]}")
-        pages = indptr_h[1:] - indptr_h[:-1]
-        bad = ((pages > 0) & ((last_h < 1) | (last_h > page_size))) | ((pages == 0) & (last_h != 0))
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0])
-            raise ValueError(f"last_page_len[{b}] = {int(last_h[b])}: expected 1..page_size ({page_size}) for a "
-                             f"request with pages, 0 for an empty one ({int(pages[b])} pages)")
+        q_dtype, kv_dtype, o_dtype = planned_dtypes(q_data_type, kv_data_type, o_data_type, data_type)
+        indptr_h, seq = host_page_table(indptr, indices, last_page_len, page_size)
+        batch = seq.numel()
         if check_indices and indices.numel() and int(indices[: int(indptr_h[-1])].min()) < 0:
             raise ValueError("indices: page ids must be >= 0")
         if self._use_cuda_graph and batch != self._fixed_batch:
             raise ValueError(f"this CUDA-graph wrapper was built for batch size {self._fixed_batch}, got {batch}")
 
-        seq = torch.where(pages > 0, (pages - 1).clamp(min=0) * page_size + last_h, 0).to(torch.int32)
         group = num_qo_heads // num_kv_heads
         use_tc = self._use_tensor_cores
         if use_tc is None:

@@ -18,9 +18,9 @@ from .. import _validate as V
 from .._launch import empty_output
 from ..packbits import segment_packbits
 from ..page import PagedKVCache, unpack_paged_kv_cache
-from ..utils import PosEncodingMode, canonicalize_dtype, get_alibi_slopes
+from ..utils import PosEncodingMode, get_alibi_slopes
 from .batch_launch import prefill_launch
-from .decode import _host_int32
+from .host_checks import host_indptr, host_page_table, planned_dtypes
 from .launch import Variant, _pow2, prefill_tile
 from .plan import PrefillPlan, build_prefill_buffer
 
@@ -65,18 +65,8 @@ class _BatchPrefillWrapper:
         V.check_head_dim("head_dim_qk", head_dim_qk)
         V.check_head_dim("head_dim_vo", head_dim_vo)
         batch = seq_lens_h.numel()
-        qo_h = _host_int32("qo_indptr", qo_indptr, batch + 1)
-        if qo_h[0] != 0 or bool((qo_h[1:] < qo_h[:-1]).any()):
-            raise ValueError(f"qo_indptr: expected non-decreasing offsets starting at 0, got {qo_h.tolist()[:16]}")
-        q_dtype = canonicalize_dtype(q_data_type)
-        kv_dtype = canonicalize_dtype(kv_data_type) or q_dtype
-        o_dtype = canonicalize_dtype(o_data_type) or q_dtype
-        if q_dtype not in V.FLOAT16_TYPES:
-            raise TypeError(f"q_data_type: expected float16 or bfloat16, got {q_dtype}")
-        if kv_dtype not in V.KV_TYPES or (kv_dtype in V.FLOAT16_TYPES and kv_dtype != q_dtype):
-            raise TypeError(f"kv_data_type: expected {q_dtype} or an fp8 type, got {kv_dtype}")
-        if o_dtype not in V.FLOAT16_TYPES:
-            raise TypeError(f"o_data_type: expected float16 or bfloat16, got {o_dtype}")
+        qo_h = host_indptr("qo_indptr", qo_indptr, batch + 1)
+        q_dtype, kv_dtype, o_dtype = planned_dtypes(q_data_type, kv_data_type, o_data_type)
         mode = V.check_pos_encoding_mode(pos_encoding_mode)
         V.check_window_left(window_left)
         qo_lens = qo_h[1:] - qo_h[:-1]
@@ -192,9 +182,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         """Plan for requests with qo_indptr [B+1] query offsets and kv_indptr [B+1] key offsets."""
         if unsupported:
             raise NotImplementedError(f"plan() arguments not supported yet: {sorted(unsupported)}")
-        kv_h = _host_int32("kv_indptr", kv_indptr)
-        if kv_h.numel() < 1 or kv_h[0] != 0 or bool((kv_h[1:] < kv_h[:-1]).any()):
-            raise ValueError(f"kv_indptr: expected non-decreasing offsets starting at 0, got {kv_h.tolist()[:16]}")
+        kv_h = host_indptr("kv_indptr", kv_indptr)
         self._make_plan(qo_indptr, kv_h, (kv_h[1:] - kv_h[:-1]).to(torch.int32), 0, num_qo_heads, num_kv_heads,
                         head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale,
                         window_left, logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type,
@@ -265,26 +253,10 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
         last_page_len [B] in 1..page_size, 0 for a request without pages)."""
         if unsupported:
             raise NotImplementedError(f"plan() arguments not supported yet: {sorted(unsupported)}")
-        if not isinstance(page_size, int) or page_size < 1:
-            raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
-        batch = paged_kv_last_page_len.shape[0]
-        indptr_h = _host_int32("paged_kv_indptr", paged_kv_indptr, batch + 1)
-        last_h = _host_int32("paged_kv_last_page_len", paged_kv_last_page_len)
-        if indptr_h[0] != 0 or bool((indptr_h[1:] < indptr_h[:-1]).any()):
-            raise ValueError(f"paged_kv_indptr: expected non-decreasing page offsets from 0, got {indptr_h.tolist()[:16]}")
-        V.check_tensor("paged_kv_indices", paged_kv_indices, 1)
-        if paged_kv_indices.shape[0] < int(indptr_h[-1]):
-            raise ValueError(f"paged_kv_indices: expected at least {int(indptr_h[-1])} page ids, "
-                             f"got {paged_kv_indices.shape[0]}")
+        indptr_h, seq = host_page_table(paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, page_size,
+                                        ("paged_kv_indptr", "paged_kv_indices", "paged_kv_last_page_len"))
         if paged_kv_indices.device != self._device:
             raise ValueError(f"paged_kv_indices: expected a tensor on {self._device}, got {paged_kv_indices.device}")
-        pages = indptr_h[1:] - indptr_h[:-1]
-        bad = ((pages > 0) & ((last_h < 1) | (last_h > page_size))) | ((pages == 0) & (last_h != 0))
-        if bool(bad.any()):
-            b = int(bad.nonzero()[0])
-            raise ValueError(f"paged_kv_last_page_len[{b}] = {int(last_h[b])}: expected 1..page_size ({page_size}) "
-                             f"for a request with pages, 0 for an empty one")
-        seq = torch.where(pages > 0, (pages - 1).clamp(min=0) * page_size + last_h, 0).to(torch.int32)
         self._kv_indices = paged_kv_indices
         self._make_plan(qo_indptr, indptr_h, seq, page_size, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
                         custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale, window_left,

@@ -1,0 +1,72 @@
+"""Host-side checks the batch wrappers' plan() share: indptrs, page tables, planned dtypes.
+
+plan() may read small metadata on the host (FlashInfer's does too); these turn what it reads
+into int32 host tensors and reject bad values with a ValueError/TypeError naming them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from .. import _validate as V
+from ..utils import canonicalize_dtype
+
+
+def host_int32(name: str, t: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
+    """A 1-D int32/int64 tensor (of `length` entries) copied to the host as int32."""
+    V.check_tensor(name, t, 1)
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}: expected an int32 or int64 tensor, got {t.dtype}")
+    if length is not None and t.shape[0] != length:
+        raise ValueError(f"{name}: expected {length} entries, got {t.shape[0]}")
+    return t.to("cpu", torch.int32)
+
+
+def host_indptr(name: str, t: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
+    """An indptr on the host: non-decreasing offsets starting at 0."""
+    h = host_int32(name, t, length)
+    if h.numel() < 1 or h[0] != 0 or bool((h[1:] < h[:-1]).any()):
+        raise ValueError(f"{name}: expected non-decreasing offsets starting at 0, got {h.tolist()[:16]}")
+    return h
+
+
+def host_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, page_size: int,
+                    names=("indptr", "indices", "last_page_len")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a page table (indptr [B+1], indices, last_page_len [B] in 1..page_size, 0 for a
+    request without pages) and return (indptr, seq_lens) as int32 host tensors."""
+    n_indptr, n_indices, n_last = names
+    if not isinstance(page_size, int) or page_size < 1:
+        raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
+    V.check_tensor(n_last, last_page_len, 1)
+    batch = last_page_len.shape[0]
+    indptr_h = host_indptr(n_indptr, indptr, batch + 1)
+    last_h = host_int32(n_last, last_page_len)
+    V.check_tensor(n_indices, indices, 1)
+    if indices.shape[0] < int(indptr_h[-1]):
+        raise ValueError(f"{n_indices}: expected at least {n_indptr}[-1] = {int(indptr_h[-1])} page ids, "
+                         f"got {indices.shape[0]}")
+    pages = indptr_h[1:] - indptr_h[:-1]
+    bad = ((pages > 0) & ((last_h < 1) | (last_h > page_size))) | ((pages == 0) & (last_h != 0))
+    if bool(bad.any()):
+        b = int(bad.nonzero()[0])
+        raise ValueError(f"{n_last}[{b}] = {int(last_h[b])}: expected 1..page_size ({page_size}) for a "
+                         f"request with pages, 0 for an empty one ({int(pages[b])} pages)")
+    seq = torch.where(pages > 0, (pages - 1).clamp(min=0) * page_size + last_h, 0).to(torch.int32)
+    return indptr_h, seq
+
+
+def planned_dtypes(q_data_type: Union[str, torch.dtype, None], kv_data_type=None, o_data_type=None,
+                   data_type=None) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+    """(q, kv, o) dtypes fixed at plan time: kv defaults to q (fp8 allowed), o to q;
+    `data_type` is FlashInfer's deprecated alias for both q and kv."""
+    q_dtype = canonicalize_dtype(q_data_type if data_type is None else data_type)
+    kv_dtype = canonicalize_dtype(kv_data_type) or canonicalize_dtype(data_type) or q_dtype
+    o_dtype = canonicalize_dtype(o_data_type) or q_dtype
+    if q_dtype not in V.FLOAT16_TYPES:
+        raise TypeError(f"q_data_type: expected float16 or bfloat16, got {q_dtype}")
+    if kv_dtype not in V.KV_TYPES or (kv_dtype in V.FLOAT16_TYPES and kv_dtype != q_dtype):
+        raise TypeError(f"kv_data_type: expected {q_dtype} or an fp8 type, got {kv_dtype}")
+    if o_dtype not in V.FLOAT16_TYPES:
+        raise TypeError(f"o_data_type: expected float16 or bfloat16, got {o_dtype}")
+    return q_dtype, kv_dtype, o_dtype
