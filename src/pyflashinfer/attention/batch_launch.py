@@ -7,7 +7,7 @@ launches that the wrapper reuses while nothing but q/out/lse changes.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Optional
 
 import torch
@@ -116,12 +116,10 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         stride_ls=0, stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
         stride_w=plan.num_work, stride_pn=0, stride_ph=0, stride_pln=0, stride_plh=0,
         qo_len=0, kv_len=0, group_size=plan.num_qo_heads // plan.num_kv_heads, kv_chunk=0,
-        sm_scale=sm_scale, soft_cap=var.soft_cap or 1.0, window_left=var.window_left,
-        rope_rcp_scale=1.0 / var.rope_scale, rope_log2_theta=math.log2(var.rope_theta), v_scale=v_scale,
         HEAD_DIM_QK=plan.head_dim_qk, HEAD_DIM_VO=plan.head_dim_vo, BLOCK_DQK=_pow2(plan.head_dim_qk),
         BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         IS_CAUSAL=var.causal and plan.packed_mask is None, HAS_MASK=plan.packed_mask is not None,
-        HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=var.soft_cap > 0, HAS_ALIBI=var.use_alibi,
-        USE_ROPE=var.use_rope, WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0,
-        PAGE_SIZE=max(plan.page_size, 1), DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
+        WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
+        DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
+        **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(),
     )

@@ -18,7 +18,7 @@ from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import paged_decode
 from .launch import Variant, decode_tile
-from .host_checks import host_page_table, planned_dtypes
+from .host_checks import host_page_table, planned_dtypes, run_outputs
 from .plan import DecodePlan, build_decode_buffer, buffer_len, choose_chunk, max_work_items
 
 _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_data_type", "kv_data_type",
@@ -33,11 +33,10 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
 TC_DECODE_TILES = {2: dict(block_n=128, num_warps=8, num_stages=3), 1: dict(block_n=128, num_warps=4, num_stages=3)}
 
 
-def _auto_tensor_cores(group: int, kv_dtype: torch.dtype) -> bool:
-    """Tensor cores for every group size and dtype: on the H100 (benchmarks/RESULTS.md,
-    2026-11-23) the tensor-core path beat our CUDA-core path on every decode workload, MHA
-    included (2,785 vs 1,474 GB/s at mha bs64 kv4096)."""
-    return True
+# use_tensor_cores=None picks tensor cores for every group size and dtype: on the H100
+# (benchmarks/RESULTS.md, 2026-11-23) the tensor-core path beat our CUDA-core path on every
+# decode workload, MHA included (2,785 vs 1,474 GB/s at mha bs64 kv4096).
+DEFAULT_TENSOR_CORES = True
 
 
 def _same_cache(a, b) -> bool:
@@ -164,9 +163,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"this CUDA-graph wrapper was built for batch size {self._fixed_batch}, got {batch}")
 
         group = num_qo_heads // num_kv_heads
-        use_tc = self._use_tensor_cores
-        if use_tc is None:
-            use_tc = _auto_tensor_cores(group, kv_dtype)
+        use_tc = DEFAULT_TENSOR_CORES if self._use_tensor_cores is None else self._use_tensor_cores
         if use_tc:
             cfg = TC_DECODE_TILES[kv_dtype.itemsize]
             block_n, num_warps, num_stages = cfg["block_n"], cfg["num_warps"], cfg["num_stages"]
@@ -289,17 +286,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              f"{q.device} and {cache.k.device}")
         if self._max_page_id is not None and self._max_page_id >= cache.k.shape[0]:
             raise ValueError(f"indices: page id {self._max_page_id} is past the cache's {cache.k.shape[0]} pages")
-        if out is None:
-            out = empty_output(*shape, dtype=plan.o_dtype, device=self._device)
-        else:
-            V.check_out("out", out, shape, plan.o_dtype, self._device)
-        if return_lse:
-            if lse is None:
-                lse = empty_output(plan.batch_size, plan.num_qo_heads, dtype=torch.float32, device=self._device)
-            else:
-                V.check_out("lse", lse, shape[:2], torch.float32, self._device)
-        else:
-            lse = None
+        out, lse = run_outputs(out, lse, return_lse, shape, plan.o_dtype, self._device)
         var = plan.variant
         sm_scale = var.sm_scale * (1.0 if q_scale is None else float(q_scale)) * (1.0 if k_scale is None else float(k_scale))
         num_warps, num_stages = self._launch_cfg

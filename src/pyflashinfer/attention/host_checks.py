@@ -10,6 +10,7 @@ from typing import Optional, Union
 import torch
 
 from .. import _validate as V
+from .._launch import empty_output
 from ..utils import canonicalize_dtype
 
 
@@ -70,3 +71,20 @@ def planned_dtypes(q_data_type: Union[str, torch.dtype, None], kv_data_type=None
     if o_dtype not in V.FLOAT16_TYPES:
         raise TypeError(f"o_data_type: expected float16 or bfloat16, got {o_dtype}")
     return q_dtype, kv_dtype, o_dtype
+
+
+def run_outputs(out: Optional[torch.Tensor], lse: Optional[torch.Tensor], return_lse: bool, o_shape: tuple,
+                o_dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """out [rows, H, D] and lse [rows, H] for a run(): the caller's buffers, checked against the
+    plan, or new ones; lse is None unless return_lse."""
+    if out is None:
+        out = empty_output(*o_shape, dtype=o_dtype, device=device)
+    else:
+        V.check_out("out", out, o_shape, o_dtype, device)
+    if not return_lse:
+        return out, None
+    if lse is None:
+        lse = empty_output(*o_shape[:2], dtype=torch.float32, device=device)
+    else:
+        V.check_out("lse", lse, o_shape[:2], torch.float32, device)
+    return out, lse

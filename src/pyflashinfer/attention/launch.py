@@ -88,10 +88,6 @@ def kv_split(num_programs: int, kv_len: int, block_n: int, device: torch.device)
     return triton.cdiv(kv_len, chunk), chunk
 
 
-def _strides3(t: torch.Tensor) -> tuple[int, int]:
-    return t.stride(0), t.stride(1)
-
-
 def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Tensor,
                       lse: Optional[torch.Tensor], indptr: Optional[torch.Tensor] = None):
     """Merge partial states into out/lse.

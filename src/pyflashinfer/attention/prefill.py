@@ -15,12 +15,11 @@ from typing import Any, Optional, Tuple, Union
 import torch
 
 from .. import _validate as V
-from .._launch import empty_output
 from ..packbits import segment_packbits
 from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes
 from .batch_launch import prefill_launch
-from .host_checks import host_indptr, host_page_table, planned_dtypes
+from .host_checks import host_indptr, host_page_table, planned_dtypes, run_outputs
 from .launch import Variant, _pow2, prefill_tile
 from .plan import PrefillPlan, build_prefill_buffer
 
@@ -136,18 +135,8 @@ class _BatchPrefillWrapper:
         V.check_last_dim_contiguous("q", q)
         if q.device != self._device or k.device != self._device:
             raise ValueError(f"q and the KV must be on the workspace's device {self._device}, got {q.device}, {k.device}")
-        o_shape = (plan.total_qo, plan.num_qo_heads, plan.head_dim_vo)
-        if out is None:
-            out = empty_output(*o_shape, dtype=plan.o_dtype, device=self._device)
-        else:
-            V.check_out("out", out, o_shape, plan.o_dtype, self._device)
-        if return_lse:
-            if lse is None:
-                lse = empty_output(*o_shape[:2], dtype=torch.float32, device=self._device)
-            else:
-                V.check_out("lse", lse, o_shape[:2], torch.float32, self._device)
-        else:
-            lse = None
+        out, lse = run_outputs(out, lse, return_lse, (plan.total_qo, plan.num_qo_heads, plan.head_dim_vo),
+                               plan.o_dtype, self._device)
         sm_scale = plan.variant.sm_scale * (1.0 if q_scale is None else float(q_scale)) * \
             (1.0 if k_scale is None else float(k_scale))
         prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sm_scale,
