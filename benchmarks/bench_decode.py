@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyflashinfer as flashinfer  # noqa: E402
-from benchmarks.common import copy_ceiling_gbs, rel_err, table, time_graph, time_host  # noqa: E402
+from benchmarks.common import copy_ceiling_gbs, host_profile, rel_err, table, time_graph, time_host  # noqa: E402
 from benchmarks.workloads import DECODE  # noqa: E402
 from pyflashinfer.attention.reference import decode_ref  # noqa: E402
 
@@ -112,30 +112,14 @@ def bench_sdpa(w, cache, table, rows, graph):
 
 def profile_run():
     """Where the host time of one decode run() goes (cProfile over 300 calls)."""
-    import cProfile
-    import pstats
     w = DECODE[0]
     cache, pages, _ = build(w, torch.bfloat16)
     ws = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     q = torch.randn(w.batch, w.q_heads, w.head_dim, device="cuda", dtype=torch.bfloat16)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
     wrapper.plan(*pages, w.q_heads, w.kv_heads, w.head_dim, w.page_size, q_data_type=torch.bfloat16)
-    for _ in range(20):
-        wrapper.run(q, cache)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(300):
-        wrapper.run(q, cache)
-    host = (time.perf_counter() - t0) / 300
-    torch.cuda.synchronize()
+    host = host_profile(lambda: wrapper.run(q, cache), top=18)
     print(f"host time per run() (no sync, launches queue): {host * 1e6:.1f} us")
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(300):
-        wrapper.run(q, cache)
-    prof.disable()
-    torch.cuda.synchronize()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(18)
 
 
 def sweep():

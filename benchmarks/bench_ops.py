@@ -24,6 +24,7 @@ from typing import Callable, Optional
 ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ARGS.add_argument("--dry-run", action="store_true", help="CPU interpreter, tiny shapes, no real timing")
 ARGS.add_argument("--only", default="", help="comma-separated op names to run (default: all)")
+ARGS.add_argument("--profile", action="store_true", help="only: host time per call on tiny shapes, cProfiled")
 OPTS = ARGS.parse_args()
 if OPTS.dry_run:  # must precede the first import of a module that defines kernels
     os.environ["TRITON_INTERPRET"] = "1"
@@ -210,7 +211,19 @@ def run_case(op: str, shape: str, sizes: dict, target_us: Optional[float], dev: 
     return rows, True
 
 
+def profile() -> int:
+    """Host overhead per call: each op on a tiny shape (the GPU work is negligible), cProfiled."""
+    for op, _, sizes, _ in WORKLOADS:
+        case = BUILDERS[op]("cuda", **{k: DRY_ROWS.get(k, v) for k, v in sizes.items()})
+        for impl, fn in list(case.ours.items()) + list(case.peers.items())[:1]:
+            print(f"## {op} / {impl}")
+            print(f"{op} / {impl}: {common.host_profile(fn, top=12) * 1e6:.1f} us host per call")
+    return 0
+
+
 def main() -> int:
+    if OPTS.profile:
+        return profile()
     dev = "cpu" if OPTS.dry_run else "cuda"
     if not OPTS.dry_run and not torch.cuda.is_available():
         print("bench_ops: no CUDA device; use --dry-run to exercise the script on CPU")

@@ -1,6 +1,7 @@
 """Prefill on the H100: the four prefill workloads of PERFORMANCE.md.
 
     python benchmarks/bench_prefill.py [--out results.json]
+    python benchmarks/bench_prefill.py --sweep     # tile configs x (TMA, pointer, paged) loads
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
 the ragged batch wrapper and the paged batch wrapper (page 16, pages scattered), against torch
@@ -117,10 +118,61 @@ def bench(w, ws, rows):
         print(f"  flex unavailable: {type(e).__name__}: {str(e)[:120]}")
 
 
+def sweep():
+    """TFLOP/s of the batch wrappers (ragged with and without tensor descriptors, paged 16) under
+    each d128 tile config of the tensor-core kernel (ws: warp-specialised KV loop, which needs
+    tensor descriptors); every config is checked before it is timed."""
+    from pyflashinfer.attention import batch_launch
+    from pyflashinfer.attention.launch import _PREFILL_TILES, TileConfig
+    kv_tma = batch_launch.kv_tma
+    dt = torch.bfloat16
+    ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+    rows = []
+    for w in PREFILL[1:]:
+        qs = [torch.randn(w.seq, w.q_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+        ks = [torch.randn(w.seq, w.kv_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+        vs = [torch.randn(w.seq, w.kv_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+        q_cat, k_cat, v_cat = torch.cat(qs), torch.cat(ks), torch.cat(vs)
+        indptr = torch.arange(0, (w.batch + 1) * w.seq, w.seq, dtype=torch.int32, device="cuda")
+        cache, p_indptr, p_indices, p_last = _paged(ks, vs, 16)
+        for cfg in ((128, 128, 8, 3, False), (128, 128, 8, 3, True), (128, 128, 8, 2, True), (128, 64, 8, 3, True),
+                    (128, 64, 8, 4, True), (128, 128, 4, 2, True), (64, 64, 4, 3, True)):
+            _PREFILL_TILES[128] = TileConfig(*cfg)
+            name = "M%d N%d w%d s%d" % cfg[:4] + " ws" * cfg[4]
+            for label in ("ragged tma",) if cfg[4] else ("ragged tma", "ragged ptr", "paged p16"):
+                batch_launch.kv_tma = kv_tma if label != "ragged ptr" else (lambda *a, **kw: False)
+                try:
+                    if label.startswith("ragged"):
+                        wr = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+                        wr.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt)
+                        fn = lambda: wr.run(q_cat, k_cat, v_cat)  # noqa: E731
+                    else:
+                        wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+                        wr.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16,
+                                causal=True, q_data_type=dt)
+                        fn = lambda: wr.run(q_cat, cache)  # noqa: E731
+                    out, first = _first_call(fn)
+                    _check(f"{w.name} {label} {name}", out[-w.seq:], qs[-1], ks[-1], vs[-1])
+                    t = time_host(fn)
+                    row = {"workload": w.name, "impl": label, "config": name, "us": t * 1e6,
+                           "TFLOP/s": w.flops / t / 1e12, "first call s": first}
+                except Exception as e:  # a config that does not fit (shared memory, registers): report it
+                    row = {"workload": w.name, "impl": label, "config": name,
+                           "error": f"{type(e).__name__}: {str(e)[:80]}"}
+                print(row, flush=True)
+                rows.append(row)
+        cache = None  # free the pool before the next workload's
+    batch_launch.kv_tma = kv_tma
+    print(table(rows, ["workload", "impl", "config", "us", "TFLOP/s", "first call s", "error"]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sweep", action="store_true", help="only: d128 tile configs on the batch wrappers")
     args = ap.parse_args()
+    if args.sweep:
+        return sweep()
     torch.manual_seed(0)
     import triton
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

@@ -8,6 +8,7 @@ Correctness is checked by the caller before anything is timed.
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Callable, Optional
 
 import torch
@@ -62,6 +63,29 @@ def time_graph(fn: Callable[[], object], reps: int = 30, calls_per_graph: int = 
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e-3 / calls_per_graph)
     return statistics.median(times)
+
+
+def host_profile(fn: Callable[[], object], calls: int = 300, top: int = 15) -> float:
+    """Host seconds per call with launches queued (no sync between calls); prints where that
+    time goes (cProfile, `top` functions by own time)."""
+    import cProfile
+    import pstats
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+    return host
 
 
 def copy_ceiling_gbs(nbytes: int = 2 << 30) -> float:

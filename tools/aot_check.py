@@ -1,7 +1,9 @@
 """Compile, for sm_90 and with no GPU, every kernel variant the CPU test run launched.
 
 The interpreter accepts code that the GPU compiler rejects (`break`, tiny dots, shared-memory
-overflow); this closes that gap. Usage: python tools/aot_check.py DIR  (DIR holds the
+overflow); this closes that gap. The CPU run launches the attention kernels with the
+interpreter's small tiles, so each of their variants is also compiled with the tile the GPU
+would pick for it (its "GPU twin"). Usage: python tools/aot_check.py DIR  (DIR holds the
 variants-*.jsonl files written when PYFLASHINFER_RECORD_VARIANTS=DIR). Exits 1 on any failure.
 """
 from __future__ import annotations
@@ -41,13 +43,40 @@ def _compile(entry: dict) -> tuple[str, str]:
         return label, "\n".join(chain[-2:])
 
 
+def gpu_twin(entry: dict) -> dict | None:
+    """The variant as the GPU would launch it: the attention kernels' tiles are chosen per
+    device (pyflashinfer.attention.launch / decode); other kernels' launches do not change."""
+    c = entry["constexprs"]
+    if entry["name"] == "attention_fwd_kernel":
+        if c["PAGED"] and c["HAS_PARTIALS"]:  # tensor-core batch decode (decode.py's table)
+            from pyflashinfer.attention.decode import TC_DECODE_TILES
+            fp8 = "fp8" in entry["signature"]["k_ptr"]
+            cfg = TC_DECODE_TILES[1 if fp8 else 2]
+            tile = dict(BLOCK_N=cfg["block_n"]), cfg["num_warps"], cfg["num_stages"]
+        else:  # a recorded BLOCK_M of the interpreter's cap (64) may stand for more rows on the GPU
+            from pyflashinfer.attention.launch import prefill_tile
+            rows = 1 << 20 if c["BLOCK_M"] >= 64 else c["BLOCK_M"]
+            t = prefill_tile(max(c["BLOCK_DQK"], c["BLOCK_DVO"]), rows, c["USE_ROPE"], gpu=True)
+            tile = dict(BLOCK_M=t.block_m, BLOCK_N=t.block_n), t.num_warps, t.num_stages
+    elif entry["name"] == "decode_fwd_kernel":
+        from pyflashinfer.attention.launch import decode_tile
+        t = decode_tile(c["BLOCK_G"], max(c["BLOCK_DQK"], c["BLOCK_DVO"]), gpu=True)
+        tile = dict(BLOCK_N=t.block_n), t.num_warps, t.num_stages
+    else:
+        return None
+    consts, num_warps, num_stages = tile
+    return {**entry, "constexprs": {**c, **consts}, "num_warps": num_warps, "num_stages": num_stages}
+
+
 def main(directory: str) -> int:
     entries = {}
     for path in glob.glob(os.path.join(directory, "variants-*.jsonl")):
         with open(path) as f:
             for line in f:
                 e = json.loads(line)
-                entries[json.dumps(e, sort_keys=True)] = e
+                for variant in (e, gpu_twin(e)):
+                    if variant is not None:
+                        entries[json.dumps(variant, sort_keys=True)] = variant
     if not entries:
         print(f"aot_check: no recorded variants under {directory}; did the tests run?")
         return 1

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.runtime import _allocation
 
 _RECORD_DIR = os.environ.get("PYFLASHINFER_RECORD_VARIANTS")
 _seen: set = set()
@@ -53,6 +54,11 @@ def _record(kernel, kwargs: dict, num_warps: int, num_stages: int) -> None:
 
 
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _scratch(size: int, alignment: int, stream):
+    """Global scratch for kernels that build tensor descriptors on the device."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 _compiled: dict = {}
 
 
@@ -105,6 +111,8 @@ def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -
         kernel[grid](**kwargs, num_warps=num_warps, num_stages=num_stages)
         return None
     device = torch.cuda.current_device()
+    if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:  # the user's allocator wins
+        triton.set_allocator(_scratch)
     key, bound_args = _fast_key(kernel, device, kwargs, num_warps, num_stages)
     compiled = _compiled.get(key) if key is not None else None
     if compiled is None:
@@ -119,6 +127,43 @@ def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -
         compiled.run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
                      compiled.packed_metadata, None, None, None, *bound_args.values())
     return Replay(compiled, list(bound_args.values()), list(bound_args.keys()), grid, device)
+
+
+def replay_key(*args) -> Optional[tuple]:
+    """A cheap key of what an op's launch depends on: per tensor its dtype, shape, strides, device
+    and 16-byte alignment (what Triton specialises on); dicts by their items; other values as
+    they are. None (remember nothing) under the interpreter and while torch.compile traces."""
+    if _INTERPRETING or torch.compiler.is_compiling():
+        return None
+    return tuple([_key_of(a) for a in args])
+
+
+def _key_of(a):
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.shape, a.stride(), a.device, a.data_ptr() % 16 == 0
+    if isinstance(a, dict):
+        return tuple(sorted((k, _key_of(v)) for k, v in a.items()))
+    return a
+
+
+class ReplayCache:
+    """An op's launches, remembered by `replay_key` of its arguments. A call whose key was seen
+    before had its arguments checked then: it skips the op's checks and Triton's argument
+    binding and replays the launch with its own tensors (Replay)."""
+
+    def __init__(self, max_entries: int = 256):
+        self._replays: dict = {}
+        self._max = max_entries
+
+    def get(self, key: Optional[tuple]) -> Optional[Replay]:
+        return None if key is None else self._replays.get(key)
+
+    def put(self, key: Optional[tuple], replay: Optional[Replay]) -> None:
+        if key is None or replay is None:
+            return
+        if len(self._replays) >= self._max:
+            self._replays.clear()
+        self._replays[key] = replay
 
 
 def aligned16(*tensors) -> bool:

@@ -108,3 +108,18 @@ def check_out(name: str, out: Optional[torch.Tensor], shape: Sequence[int], dtyp
         raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
     if out.device != device:
         raise ValueError(f"{name}: expected device {device}, got {out.device}")
+
+
+def check_sinks(sinks: Optional[torch.Tensor], num_qo_heads: int, device: torch.device) -> Optional[torch.Tensor]:
+    """Attention-sink logits: [num_qo_heads] contiguous floats on the kernel's device."""
+    if sinks is None:
+        return None
+    check_tensor("sinks", sinks, 1)
+    check_dtype("sinks", sinks, (torch.float32, torch.float16, torch.bfloat16))
+    if sinks.shape[0] != num_qo_heads:
+        raise ValueError(f"sinks: expected shape ({num_qo_heads},) (one logit per qo head), got {tuple(sinks.shape)}")
+    if sinks.device != device:
+        raise ValueError(f"sinks: expected device {device}, got {sinks.device}")
+    if sinks.shape[0] > 1 and sinks.stride(0) != 1:
+        raise ValueError(f"sinks: expected a contiguous tensor, got stride {sinks.stride(0)}")
+    return sinks

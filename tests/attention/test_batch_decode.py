@@ -1,10 +1,13 @@
 """BatchDecodeWithPagedKVCacheWrapper against the fp32 reference on random page tables."""
+import functools
+
 import pytest
 import torch
 
 import pyflashinfer as flashinfer
+import pyflashinfer.attention.decode as decode_mod
 from helpers import assert_close_policy, lowp_of
-from cases import FP8, random_paged_cache
+from cases import FP8, random_paged_cache, refs
 from pyflashinfer.attention.reference import decode_ref
 
 F16, BF16, E4M3, E5M2 = torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2
@@ -137,8 +140,6 @@ def test_run_checks_against_plan(device):
         w.run(torch.randn(3, 8, 64, device=device).half(), paged)
     with pytest.raises(ValueError, match="window_left"):
         w.run(torch.randn(2, 8, 64, device=device).half(), paged, window_left=5)
-    with pytest.raises(NotImplementedError):
-        w.plan(indptr, indices, last, 8, 2, 64, 16, q_len_per_req=2)
 
 
 def test_plan_repr_is_readable(device):
@@ -147,3 +148,230 @@ def test_plan_repr_is_readable(device):
     w.plan(indptr, indices, last, 8, 2, 64, 16)
     text = repr(w.plan_value)
     assert "batch=2" in text and "work items" in text and "kv_chunk" in text
+
+
+# (id, kv_lens, use_tensor_cores, q_len_per_req, plan kwargs): splits put the sink in the merge
+SINK_CASES = [
+    ("cuda-cores", [40, 0, 200], False, 1, dict(disable_split_kv=True)),
+    ("tensor-cores-split", [700, 0, 5], True, 1, dict(fixed_split_size=4)),
+    ("cuda-cores-split", [700, 0, 3], False, 1, dict(fixed_split_size=4)),
+    ("n3-split", [300, 1, 0], True, 3, dict(fixed_split_size=4)),
+]
+
+
+@pytest.mark.parametrize("case", SINK_CASES, ids=[c[0] for c in SINK_CASES])
+def test_decode_sinks(case, device):
+    """Attention sinks: one logit per qo head in the softmax denominator (empty requests give
+    out 0 and the sink's lse)."""
+    _, kv_lens, use_tc, n, plan_kw = case
+    h_qo, h_kv, d = 8, 2, 64
+    paged, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, 16, BF16, device)
+    sinks = torch.randn(h_qo, device=device) * 3
+    q = torch.randn(len(kv_lens) * n, h_qo, d, device=device).to(BF16)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device), use_tensor_cores=use_tc)
+    w.plan(indptr, indices, last, h_qo, h_kv, d, 16, q_data_type=BF16, q_len_per_req=n, **plan_kw)
+    assert (w.plan_value.num_partials > 0) == ("split" in case[0])
+    for _ in range(2):  # the second run replays the first's launches on the GPU
+        out, lse = w.run(q, paged, return_lse=True, sinks=sinks)
+        _check_multi(out, lse, q, ks, vs, n, BF16, sinks=sinks)
+    empty = kv_lens.index(0)
+    assert torch.all(out[empty * n:(empty + 1) * n] == 0)
+    torch.testing.assert_close(lse[empty * n], sinks / torch.log(torch.tensor(2.0)))
+    with pytest.raises(ValueError, match="sinks"):
+        w.run(q, paged, sinks=sinks[:-1])
+    with pytest.raises(ValueError, match="contiguous"):
+        w.run(q, paged, sinks=torch.randn(2 * h_qo, device=device)[::2])
+
+
+# ---- q_len_per_req > 1: n query tokens per request, causal among them (aligned bottom-right)
+
+def _check_multi(out, lse, q, ks, vs, n, q_dtype, **ref_kw):
+    """Request b's rows b*n .. b*n + n - 1 against the causal reference over its keys."""
+    for b in range(len(ks)):
+        r = slice(b * n, (b + 1) * n)
+        (o32, l32), (olp, llp) = refs(q[r], ks[b], vs[b], lowp_of(q_dtype), causal=True, **ref_kw)
+        assert_close_policy(out[r], o32, olp, name=f"out[{b}]")
+        if lse is not None:
+            assert_close_policy(lse[r], l32, llp, name=f"lse[{b}]")
+
+
+# (id, kv_lens, H_qo, H_kv, head_dim, page_size, q_len_per_req, q dtype, kv dtype, layout, plan kwargs);
+# every case has an empty request or one with kv_len < q_len_per_req (rows that see no key)
+MULTI_CASES = [
+    ("n2-g1-p1", [5, 0, 1, 40], 2, 2, 64, 1, 2, F16, F16, "NHD", {}),
+    ("n3-g4-p16-hnd", [17, 2, 100, 16], 8, 2, 64, 16, 3, BF16, BF16, "HND", {}),
+    ("n4-g5-p16-split", [300, 3, 0, 70], 10, 2, 64, 16, 4, F16, F16, "NHD", dict(fixed_split_size=2)),
+    ("n2-g1-p1-split", [90, 1], 4, 4, 64, 1, 2, BF16, BF16, "NHD", dict(fixed_split_size=32)),
+    ("n2-g4-long-split", [700, 1], 8, 2, 64, 16, 2, BF16, BF16, "NHD", {}),
+    ("n4-g20-row-tiles-split", [150, 3], 20, 1, 64, 16, 4, F16, F16, "NHD", dict(fixed_split_size=4)),
+    ("n3-g4-rope-window-softcap", [60, 2, 33], 8, 2, 64, 16, 3, BF16, BF16, "NHD",
+     dict(pos_encoding_mode="ROPE_LLAMA", window_left=20, logits_soft_cap=20.0)),
+    ("n2-g4-alibi-smscale", [50, 0], 8, 2, 64, 16, 2, F16, F16, "NHD", dict(pos_encoding_mode="ALIBI", sm_scale=0.2)),
+    ("n3-g5-fp8", [40, 2], 10, 2, 64, 16, 3, F16, E4M3, "NHD", {}),
+]
+
+
+@pytest.mark.parametrize("case", MULTI_CASES, ids=[c[0] for c in MULTI_CASES])
+def test_multi_token_decode(case, device):
+    name, kv_lens, h_qo, h_kv, d, page_size, n, q_dtype, kv_dtype, layout, plan_kw = case
+    paged, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page_size, kv_dtype,
+                                                                          device, layout)
+    q = torch.randn(len(kv_lens) * n, h_qo, d, device=device).to(q_dtype)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device), layout)  # use_tensor_cores=None
+    w.plan(indptr, indices, last, h_qo, h_kv, d, page_size, q_data_type=q_dtype, kv_data_type=kv_dtype,
+           q_len_per_req=n, **plan_kw)
+    plan = w.plan_value
+    assert plan.use_tensor_cores and plan.q_len_per_req == n
+    assert (plan.num_partials > 0) == ("split" in name)
+    if "row-tiles" in name:
+        assert plan.block_m == 64 and plan.num_work == 2 * (3 + 1)  # 80 rows: 2 tiles x (3 + 1) KV chunks
+    scales = dict(k_scale=kv_scale, v_scale=kv_scale) if kv_dtype in FP8 else {}
+    out, lse = w.run(q, paged, return_lse=True, q_len_per_req=n, **scales)
+    ref_kw = {k: v for k, v in plan_kw.items()
+              if k in ("pos_encoding_mode", "window_left", "logits_soft_cap", "sm_scale")}
+    _check_multi(out, lse, q, ks, vs, n, q_dtype, **scales, **ref_kw)
+
+
+def test_multi_token_out_buffers(device):
+    """out=/lse= buffers give the allocated result: packed ones, and strided ones whose token
+    rows cannot be viewed as one merge row per request (the merge then runs per token)."""
+    n, h_qo = 3, 8
+    paged, (indptr, indices, last), _, _, _ = random_paged_cache([200, 5, 0], 2, 64, 16, F16, device)
+    q = torch.randn(3 * n, h_qo, 64, device=device).to(F16)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device))
+    w.plan(indptr, indices, last, h_qo, 2, 64, 16, q_len_per_req=n, fixed_split_size=4)
+    assert w.plan_value.num_partials > 0
+    out_ref, lse_ref = w.run(q, paged, return_lse=True)
+    assert torch.equal(w.run(q, paged), out_ref)
+    for width in (h_qo, 2 * h_qo):
+        out = torch.full((3 * n, width, 64), float("nan"), dtype=F16, device=device)[:, :h_qo]
+        lse = torch.full((3 * n, width), float("nan"), device=device)[:, :h_qo]
+        w.run(q, paged, out=out, lse=lse, return_lse=True)
+        assert torch.equal(out, out_ref) and torch.equal(lse, lse_ref), f"width {width}"
+
+
+def test_multi_token_cuda_graph_mode_replans(device):
+    """The CUDA-graph code path on its fixed buffers (nothing is captured on the CPU): grid,
+    plan buffer and partial states stay put while re-plans go from one token per request to
+    long split requests, through plan() and through fast_decode_plan on the caller-filled buffers."""
+    batch, h_qo, h_kv, d, page, n = 3, 8, 2, 64, 16, 2
+    paged, (indptr, indices, last), ks, vs, _ = random_paged_cache([600, 1, 70], h_kv, d, page, BF16, device)
+    i32 = dict(dtype=torch.int32, device=device)
+    indptr_buf, indices_buf, last_buf = torch.empty(batch + 1, **i32), torch.empty(indices.numel() + 8, **i32), \
+        torch.empty(batch, **i32)
+    w = flashinfer.CUDAGraphBatchDecodeWithPagedKVCacheWrapper(_workspace(device), indptr_buf, indices_buf, last_buf)
+    kw = dict(q_data_type=BF16, q_len_per_req=n)
+    w.plan(torch.arange(batch + 1, **i32), indices[:batch], torch.ones(batch, **i32), h_qo, h_kv, d, page, **kw)
+    first = w.plan_value
+    q = torch.randn(batch * n, h_qo, d, device=device).to(BF16)
+    out = torch.empty(batch * n, h_qo, d, dtype=BF16, device=device)
+    lse = torch.empty(batch * n, h_qo, device=device)
+    one_token = [paged[0][indices[b]][:1] for b in range(batch)], [paged[1][indices[b]][:1] for b in range(batch)]
+
+    def run_and_check(ks, vs):
+        plan = w.plan_value
+        assert plan.max_work == first.max_work and plan.buffer is first.buffer
+        assert plan.part_o.data_ptr() == first.part_o.data_ptr()
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        w.run(q, paged, out=out, lse=lse, return_lse=True)
+        _check_multi(out, lse, q, ks, vs, n, BF16)
+
+    run_and_check(*one_token)
+    w.plan(indptr, indices, last, h_qo, h_kv, d, page, **kw)
+    assert w.plan_value.num_partials > 0, "the long request should split"
+    assert torch.equal(indptr_buf, indptr) and torch.equal(last_buf, last)
+    run_and_check(ks, vs)
+    # fast_decode_plan on buffers the caller filled itself, then on the long table again
+    indptr_buf.copy_(torch.arange(batch + 1, **i32))
+    last_buf.fill_(1)
+    indices_buf[:batch] = indices[:batch]
+    flashinfer.fast_decode_plan(w, indptr_buf, indices_buf, last_buf, h_qo, h_kv, d, page, **kw)
+    run_and_check(*one_token)
+    flashinfer.fast_decode_plan(w, indptr, indices, last, h_qo, h_kv, d, page, **kw)
+    run_and_check(ks, vs)
+    with pytest.raises(ValueError, match="q_len_per_req"):  # the captured q has n tokens per request
+        w.plan(indptr, indices, last, h_qo, h_kv, d, page, q_data_type=BF16, q_len_per_req=1)
+
+
+def test_multi_token_bad_inputs(device):
+    paged, (indptr, indices, last), _, _, _ = random_paged_cache([20, 30], 2, 64, 16, F16, device)
+    q = torch.randn(4, 8, 64, device=device).half()
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device))
+    w.plan(indptr, indices, last, 8, 2, 64, 16, q_len_per_req=2)
+    with pytest.raises(ValueError, match=r"shape \(4, 8, 64\)"):
+        w.run(q[:2], paged)
+    for n in (1, 3):
+        with pytest.raises(ValueError, match="q_len_per_req"):
+            w.run(q, paged, q_len_per_req=n)
+    w.run(q, paged, q_len_per_req=2)
+    with pytest.raises(ValueError, match="q_len_per_req"):
+        w.plan(indptr, indices, last, 8, 2, 64, 16, q_len_per_req=0)
+    cuda_cores = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device), use_tensor_cores=False)
+    with pytest.raises(ValueError, match="use_tensor_cores=True"):
+        cuda_cores.plan(indptr, indices, last, 8, 2, 64, 16, q_len_per_req=2)
+
+
+# ---- fast_decode_plan
+
+@pytest.fixture
+def count_full_plans(monkeypatch):
+    """How many times the static arguments were checked and derived (planned_dtypes runs once per)."""
+    calls = []
+    real = decode_mod.planned_dtypes
+    monkeypatch.setattr(decode_mod, "planned_dtypes", lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("override", [False, True], ids=["indptr", "global-override-indptr-cpu"])
+def test_fast_decode_plan_matches_plan(override, device, count_full_plans):
+    """After one plan(), the patched-in fast_decode_plan gives plan()'s plan and results for new
+    lengths without deriving the static arguments again."""
+    h_qo, h_kv, d, page = 8, 2, 64, 16
+    kw = dict(q_data_type=BF16, q_len_per_req=2, fixed_split_size=4)
+    _, old_table, _, _, _ = random_paged_cache([30, 5, 17], h_kv, d, page, BF16, device)
+    paged, (indptr, indices, last), ks, vs, _ = random_paged_cache([200, 0, 3], h_kv, d, page, BF16, device)
+    fast = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device))
+    fast.plan(*old_table, h_qo, h_kv, d, page, **kw)
+    fast.plan = functools.partial(flashinfer.fast_decode_plan, fast)
+    del count_full_plans[:]
+    if override:  # indptr itself is never read: a tensor with no data stands in for it
+        fast.plan(torch.empty(4, dtype=torch.int32, device="meta"), indices, last, h_qo, h_kv, d, page,
+                  global_override_indptr_cpu=indptr.cpu(), **kw)
+    else:
+        fast.plan(indptr, indices, last, h_qo, h_kv, d, page, **kw)
+    assert not count_full_plans
+    full = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device))
+    full.plan(indptr, indices, last, h_qo, h_kv, d, page, **kw)
+    assert torch.equal(fast.plan_value.buffer, full.plan_value.buffer)
+    assert repr(fast.plan_value) == repr(full.plan_value)
+    q = torch.randn(6, h_qo, d, device=device).to(BF16)
+    o_fast, l_fast = fast.run(q, paged, return_lse=True)
+    o_full, l_full = full.run(q, paged, return_lse=True)
+    assert torch.equal(o_fast, o_full) and torch.equal(l_fast, l_full)
+    _check_multi(o_fast, l_fast, q, ks, vs, 2, BF16)
+
+
+def test_fast_decode_plan_falls_back_to_plan(device, count_full_plans):
+    """Before any plan, and whenever a static argument changes, fast_decode_plan is plan()."""
+    paged, (indptr, indices, last), ks, vs, _ = random_paged_cache([40, 9], 2, 64, 1, F16, device)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device))
+    flashinfer.fast_decode_plan(w, indptr, indices, last, 8, 2, 64, 1)
+    assert len(count_full_plans) == 1
+    q = torch.randn(2, 8, 64, device=device).half()
+    _check(w.run(q, paged), None, q, ks, vs, F16)
+    # page_size 1, host indptr: neither indptr nor last_page_len is read
+    meta = dict(dtype=torch.int32, device="meta")
+    flashinfer.fast_decode_plan(w, torch.empty(3, **meta), indices, torch.empty(2, **meta), 8, 2, 64, 1,
+                                global_override_indptr_cpu=indptr.cpu())
+    assert len(count_full_plans) == 1
+    _check(w.run(q, paged), None, q, ks, vs, F16)
+    flashinfer.fast_decode_plan(w, indptr, indices, last, 8, 2, 64, 1, q_len_per_req=3)
+    assert len(count_full_plans) == 2 and w.plan_value.q_len_per_req == 3
+    q3 = torch.randn(6, 8, 64, device=device).half()
+    out, lse = w.run(q3, paged, return_lse=True)
+    _check_multi(out, lse, q3, ks, vs, 3, F16)
+    flashinfer.fast_decode_plan(w, indptr, indices, last, 4, 2, 64, 1, q_data_type=BF16)
+    assert len(count_full_plans) == 3 and w.plan_value.num_qo_heads == 4 and w.plan_value.q_dtype == BF16
+    with pytest.raises(ValueError, match="multiple"):
+        flashinfer.fast_decode_plan(w, indptr, indices, last, 7, 2, 64, 1)

@@ -4,17 +4,19 @@ import torch
 
 import pyflashinfer as flashinfer
 from helpers import assert_close_policy
-from cases import random_paged_cache
+from cases import random_paged_cache, refs
 from pyflashinfer.attention.reference import decode_ref
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 BF16 = torch.bfloat16
 
 
-@pytest.mark.parametrize("use_tensor_cores", [False, True], ids=["cuda-cores", "tensor-cores"])
-def test_cuda_graph_replay_after_replan(use_tensor_cores):
+@pytest.mark.parametrize("use_tensor_cores,n,with_sinks", [(False, 1, False), (True, 1, False), (True, 3, True)],
+                         ids=["cuda-cores", "tensor-cores", "tensor-cores-3-tokens-sinks"])
+def test_cuda_graph_replay_after_replan(use_tensor_cores, n, with_sinks):
     """Capture run() under a 1-page-per-request plan; re-plan with long, uneven lengths (so
-    the new plan splits KV); replay; compare with the reference."""
+    the new plan splits KV); replay; compare with the reference (n query tokens per request,
+    causal among them; optional attention sinks)."""
     batch, h_qo, h_kv, d, page = 7, 32, 8, 128, 16
     lens = [4000, 1, 0, 333, 2049, 16, 17]
     paged, (indptr, indices, last), ks, vs, _ = random_paged_cache(lens, h_kv, d, page, BF16, "cuda")
@@ -26,29 +28,30 @@ def test_cuda_graph_replay_after_replan(use_tensor_cores):
                                                                use_tensor_cores=use_tensor_cores)
     warm_indptr = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
     w.plan(warm_indptr, indices[:batch], torch.ones(batch, dtype=torch.int32, device="cuda"), h_qo, h_kv, d, page,
-           q_data_type=BF16)
-    q = torch.randn(batch, h_qo, d, device="cuda", dtype=BF16)
-    out = torch.full((batch, h_qo, d), float("nan"), device="cuda", dtype=BF16)
-    lse = torch.full((batch, h_qo), float("nan"), device="cuda")
+           q_data_type=BF16, q_len_per_req=n)
+    q = torch.randn(batch * n, h_qo, d, device="cuda", dtype=BF16)
+    sinks = torch.randn(h_qo, device="cuda") if with_sinks else None
+    out = torch.full((batch * n, h_qo, d), float("nan"), device="cuda", dtype=BF16)
+    lse = torch.full((batch * n, h_qo), float("nan"), device="cuda")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(2):
-            w.run(q, paged, out=out, lse=lse, return_lse=True)
+            w.run(q, paged, out=out, lse=lse, return_lse=True, sinks=sinks)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        w.run(q, paged, out=out, lse=lse, return_lse=True)
-    w.plan(indptr, indices, last, h_qo, h_kv, d, page, q_data_type=BF16)
+        w.run(q, paged, out=out, lse=lse, return_lse=True, sinks=sinks)
+    w.plan(indptr, indices, last, h_qo, h_kv, d, page, q_data_type=BF16, q_len_per_req=n)
     assert w.plan_value.num_partials > 0, "the re-plan should split long requests"
     out.fill_(float("nan"))
     g.replay()
     torch.cuda.synchronize()
     for b in range(batch):
-        o32, l32 = decode_ref(q[b], ks[b], vs[b])
-        olp, llp = decode_ref(q[b], ks[b], vs[b], compute_dtype=BF16)
-        assert_close_policy(out[b], o32, olp, name=f"out[{b}]")
-        assert_close_policy(lse[b], l32, llp, name=f"lse[{b}]")
+        r = slice(b * n, (b + 1) * n)
+        (o32, l32), (olp, llp) = refs(q[r], ks[b], vs[b], BF16, causal=True, sinks=sinks)
+        assert_close_policy(out[r], o32, olp, name=f"out[{b}]")
+        assert_close_policy(lse[r], l32, llp, name=f"lse[{b}]")
 
 
 def test_torch_compile_run():

@@ -108,6 +108,32 @@ def test_paged_prefill(case, device):
     _check(out, lse, qs, ks, vs, dtype, **scales, **kw)
 
 
+@pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
+def test_prefill_sinks(paged, device):
+    """Attention sinks (one logit per qo head in the denominator), with a fully masked row
+    (window) and an empty KV: out 0 there, lse = the sink's (base 2)."""
+    qo_lens, kv_lens, h_qo, h_kv, d = [6, 3, 2], [70, 3, 0], 6, 2, 64
+    sinks = torch.randn(h_qo, device=device) * 2
+    qs = [torch.randn(n, h_qo, d, device=device).half() for n in qo_lens]
+    kw = dict(causal=True, window_left=20)
+    if paged:
+        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, 16, F16, device, "NHD")
+        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_ws(device))
+        w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, 16, q_data_type=F16, **kw)
+        out, lse = w.run(torch.cat(qs), cache, sinks=sinks, return_lse=True)
+    else:
+        ks = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
+        vs = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16, **kw)
+        out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), sinks=sinks, return_lse=True)
+    _check(out, lse, qs, ks, vs, F16, sinks=sinks, **kw)
+    assert torch.all(out[-2:] == 0)
+    torch.testing.assert_close(lse[-1], sinks / torch.log(torch.tensor(2.0)))
+    with pytest.raises(ValueError, match="sinks"):
+        w.run(torch.cat(qs), *((cache,) if paged else (torch.cat(ks), torch.cat(vs))), sinks=sinks[:-1])
+
+
 def test_prefill_rejects_bad_input(device):
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
     with pytest.raises(ValueError, match="non-decreasing"):

@@ -10,7 +10,7 @@ import torch
 import triton
 
 from .. import _validate as V
-from .._launch import empty_output, launch
+from .._launch import ReplayCache, empty_output, launch, replay_key
 from .kernels import ACT_GELU, ACT_GELU_TANH, ACT_SILU, act_and_mul_kernel
 
 __all__ = ["silu_and_mul", "gelu_and_mul", "gelu_tanh_and_mul"]
@@ -33,7 +33,17 @@ def _rows_view(name: str, t: torch.Tensor) -> torch.Tensor:
                          "cannot be viewed as one row dim; pass a 2-D view or call .contiguous()") from None
 
 
+_REPLAYS = ReplayCache()
+
+
 def _act_and_mul(input: torch.Tensor, out: Optional[torch.Tensor], act) -> torch.Tensor:
+    key = replay_key(input, out, act)
+    replay = _REPLAYS.get(key)
+    if replay is not None:  # checked when first seen
+        if out is None:
+            out = empty_output(*input.shape[:-1], input.shape[-1] // 2, dtype=input.dtype, device=input.device)
+        replay(x_ptr=input.view(-1, input.shape[-1]), o_ptr=out.view(-1, out.shape[-1]))
+        return out
     V.check_tensor("input", input)
     if input.dim() < 1:
         raise ValueError(f"input: expected at least 1 dim, got shape {tuple(input.shape)}")
@@ -55,11 +65,11 @@ def _act_and_mul(input: torch.Tensor, out: Optional[torch.Tensor], act) -> torch
         return out
     block_n = min(triton.next_power_of_2(d), _MAX_BLOCK_N)
     block_m = max(1, _TILE_ELEMS // block_n)  # not capped by num_rows: a new batch size never recompiles
-    launch(
+    _REPLAYS.put(key, launch(
         act_and_mul_kernel, (triton.cdiv(num_rows, block_m), triton.cdiv(d, block_n)), num_warps=4, num_stages=1,
         x_ptr=x2, o_ptr=o2, stride_xm=x2.stride(0), stride_om=o2.stride(0), num_rows=num_rows, d=d,
         ACT=act.value, BLOCK_M=block_m, BLOCK_N=block_n,
-    )
+    ))
     return out
 
 

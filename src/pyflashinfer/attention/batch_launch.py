@@ -16,7 +16,7 @@ import triton
 from .._launch import launch
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
-from .launch import _pow2, merge_states_into
+from .launch import _pow2, kv_tma, merge_states_into
 from .plan import section
 
 
@@ -26,7 +26,7 @@ def _paged_decode_launch(
     alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
     block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
     window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
-    use_alibi: bool,
+    use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor],
 ) -> list:
     num_qo_heads, d_qk = q.shape[1], q.shape[2]
     tok, head = (2, 1) if hnd else (1, 2)
@@ -34,7 +34,8 @@ def _paged_decode_launch(
     group = num_qo_heads // num_kv_heads
     sec = [plan_buf[section(batch, max_work, i)[0]:] for i in range(4)]  # seq_lens, merge, kv, qo indptr
     common = dict(
-        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, alibi_ptr=alibi, work_ptr=plan_buf,
+        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, alibi_ptr=alibi, sinks_ptr=sinks, HAS_SINKS=sinks is not None,
+        work_ptr=plan_buf,
         seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices,
         part_o_ptr=part_o, part_lse_ptr=part_lse,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=k.stride(0), stride_kn=k.stride(tok),
@@ -53,16 +54,39 @@ def _paged_decode_launch(
     grid = (max_work, num_kv_heads, 1)
     if use_tensor_cores:
         attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
-                      mask_indptr_ptr=None,
-               qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=_pow2(group), IS_CAUSAL=False,
-               HAS_MASK=False, DOT_F16=k.element_size() == 1, HAS_PARTIALS=True, **common)
+                      mask_indptr_ptr=None, qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=block_m,
+                      IS_CAUSAL=q_len_per_req > 1, HAS_MASK=False, DOT_F16=k.element_size() == 1,
+                      HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, **common)
     else:
         attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)
-    replays = [(attn, ("q_ptr", "o_ptr", "lse_ptr"))]
+    replays = [(attn, ("q_ptr", "o_ptr", "lse_ptr", "sinks_ptr"))]
     if merge:
-        replays.append((merge_states_into(part_o, part_lse, out, lse, indptr=sec[1]), ("o_ptr", "lse_ptr")))
+        replays.append((_merge_requests(part_o, part_lse, out, lse, sec[1], batch, q_len_per_req, sinks),
+                        ("o_ptr", "lse_ptr", "sinks_ptr")))
     return replays
+
+
+def _merge_requests(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
+                    merge_indptr: torch.Tensor, batch: int, n: int, sinks: Optional[torch.Tensor]):
+    """Merge the split requests' partial states into out/lse (merge_indptr counts KV chunks).
+
+    A chunk writes its n tokens' states to n consecutive partial rows, so a merge row is a
+    request with its n tokens' heads side by side: row k of part_o viewed [P / n, n * H, D] is
+    chunk k. out/lse whose token rows are not packed (stride(0) != H * stride(1)) take one
+    merge per token instead, over every n-th row (no Replay then). Sinks are per qo head
+    (merge head h uses sink h mod H)."""
+    if n == 1:
+        return merge_states_into(part_o, part_lse, out, lse, indptr=merge_indptr, sinks=sinks)
+    rows, h, d = part_o.shape[0] // n * n, out.shape[1], out.shape[2]
+    if out.stride(0) == h * out.stride(1) and (lse is None or lse.stride(0) == h * lse.stride(1)):
+        return merge_states_into(part_o[:rows].view(rows // n, n * h, d), part_lse[:rows].view(rows // n, n * h),
+                                 out.view(batch, n * h, d), None if lse is None else lse.view(batch, n * h),
+                                 indptr=merge_indptr, sinks=sinks)
+    for i in range(n):
+        merge_states_into(part_o[i:rows:n], part_lse[i:rows:n], out[i::n], None if lse is None else lse[i::n],
+                          indptr=merge_indptr, sinks=sinks)
+    return None
 
 
 def _paged_decode_impl(
@@ -71,11 +95,11 @@ def _paged_decode_impl(
     alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
     block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
     window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
-    use_alibi: bool,
+    use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor],
 ) -> None:
     _paged_decode_launch(q, k, v, kv_indices, plan_buf, part_o, part_lse, out, lse, alibi, batch, max_work, hnd,
                          use_tensor_cores, block_n, num_warps, num_stages, merge, sm_scale, soft_cap, window_left,
-                         rope_rcp_scale, rope_log2_theta, v_scale, use_rope, use_alibi)
+                         rope_rcp_scale, rope_log2_theta, v_scale, use_rope, use_alibi, q_len_per_req, block_m, sinks)
 
 
 _op = torch.library.custom_op("pyflashinfer::paged_decode", mutates_args=("part_o", "part_lse", "out", "lse"))(
@@ -88,7 +112,7 @@ def _(*args, **kwargs) -> None:
 
 
 def paged_decode(**kwargs) -> Optional[list]:
-    """Launch; returns [(Replay or None, pointer names it takes q/out/lse as)] in eager mode."""
+    """Launch; returns [(Replay or None, pointer names it takes q/out/lse/sinks as)] in eager mode."""
     if torch.compiler.is_compiling():
         torch.ops.pyflashinfer.paged_decode(**kwargs)
         return None
@@ -97,7 +121,7 @@ def paged_decode(**kwargs) -> Optional[list]:
 
 def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: Optional[torch.Tensor],
                    strides: tuple, out: torch.Tensor, lse: Optional[torch.Tensor], alibi: Optional[torch.Tensor],
-                   sm_scale: float, v_scale: float) -> None:
+                   sinks: Optional[torch.Tensor], sm_scale: float, v_scale: float) -> None:
     """One launch over a PrefillPlan's work list. strides: (k page, k token, k head, v page,
     v token, v head) in elements (page strides unused for a ragged KV)."""
     if plan.num_work == 0:
@@ -105,11 +129,12 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     var = plan.variant
     sec = [plan.buffer[section(plan.batch_size, plan.num_work, i)[0]:] for i in range(4)]
     kp, kn, kh, vp, vn, vh = strides
+    use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
     launch(
         attention_fwd_kernel, (plan.num_work, plan.num_kv_heads, 1), num_warps=plan.num_warps,
         num_stages=plan.num_stages,
         q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, mask_ptr=plan.packed_mask,
-        mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, work_ptr=plan.buffer, qo_indptr_ptr=sec[3],
+        mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, sinks_ptr=sinks, work_ptr=plan.buffer, qo_indptr_ptr=sec[3],
         seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices, part_o_ptr=None, part_lse_ptr=None,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=kp, stride_kn=kn, stride_kh=kh,
         stride_vpage=vp, stride_vn=vn, stride_vh=vh, stride_os=0, stride_on=out.stride(0), stride_oh=out.stride(1),
@@ -120,6 +145,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         IS_CAUSAL=var.causal and plan.packed_mask is None, HAS_MASK=plan.packed_mask is not None,
         WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
-        DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
+        DOT_F16=k.element_size() == 1, HAS_PARTIALS=False, HAS_SINKS=sinks is not None,
+        KV_TMA=use_tma, WARP_SPEC=use_tma and plan.warp_spec,
         **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(),
     )

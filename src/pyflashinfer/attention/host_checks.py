@@ -33,21 +33,28 @@ def host_indptr(name: str, t: torch.Tensor, length: Optional[int] = None) -> tor
 
 
 def host_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor, page_size: int,
-                    names=("indptr", "indices", "last_page_len")) -> tuple[torch.Tensor, torch.Tensor]:
+                    names=("indptr", "indices", "last_page_len"), indptr_host: Optional[torch.Tensor] = None,
+                    read_last_page_len: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Check a page table (indptr [B+1], indices, last_page_len [B] in 1..page_size, 0 for a
-    request without pages) and return (indptr, seq_lens) as int32 host tensors."""
+    request without pages) and return (indptr, seq_lens) as int32 host tensors.
+
+    indptr_host: indptr's values already on the host, read instead of indptr (no device-to-host
+    copy). read_last_page_len=False with page_size 1 takes every non-empty request's last page
+    as holding its one token, without reading last_page_len (a copy when it is on the GPU)."""
     n_indptr, n_indices, n_last = names
     if not isinstance(page_size, int) or page_size < 1:
         raise ValueError(f"page_size: expected a positive int, got {page_size!r}")
     V.check_tensor(n_last, last_page_len, 1)
     batch = last_page_len.shape[0]
-    indptr_h = host_indptr(n_indptr, indptr, batch + 1)
-    last_h = host_int32(n_last, last_page_len)
+    indptr_h = host_indptr(n_indptr, indptr if indptr_host is None else indptr_host, batch + 1)
     V.check_tensor(n_indices, indices, 1)
     if indices.shape[0] < int(indptr_h[-1]):
         raise ValueError(f"{n_indices}: expected at least {n_indptr}[-1] = {int(indptr_h[-1])} page ids, "
                          f"got {indices.shape[0]}")
     pages = indptr_h[1:] - indptr_h[:-1]
+    if page_size == 1 and not read_last_page_len:
+        return indptr_h, pages
+    last_h = host_int32(n_last, last_page_len)
     bad = ((pages > 0) & ((last_h < 1) | (last_h > page_size))) | ((pages == 0) & (last_h != 0))
     if bool(bad.any()):
         b = int(bad.nonzero()[0])

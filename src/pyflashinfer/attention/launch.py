@@ -6,6 +6,7 @@ v [kv_len, H_kv, D_vo] (an HND tensor arrives as a transposed view, never copied
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -13,7 +14,7 @@ from typing import Optional
 import torch
 import triton
 
-from .._launch import empty_output, launch
+from .._launch import aligned16, empty_output, launch
 from ..utils import is_interpreting, num_sms
 from .kernels.decode import decode_fwd_kernel
 from .kernels.merge import merge_states_kernel
@@ -49,32 +50,56 @@ class TileConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    warp_spec: bool = False  # producer/consumer warps for the unmasked KV loop (with KV_TMA)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-# Tensor-core path on sm_90, by padded head dim. Starting points from Triton's fused-attention
-# tutorial shapes (BLOCK_M 128 x BLOCK_N 64, 8 warps for d128); see benchmarks/RESULTS.md for
-# what they reach. d256 halves BLOCK_M to stay inside registers.
-_PREFILL_TILES = {64: TileConfig(128, 64, 4, 3), 128: TileConfig(128, 64, 8, 3),
+# Tensor-core path on sm_90, by padded head dim. d128: 128 x 128 tiles, 8 warps, 3 stages led
+# `bench_prefill.py --sweep` on the H100 (2026-11-23: 277 / 473 TFLOP/s at llama3-8b L4096 /
+# L16384 through the ragged wrapper, against 270 / 452 for the old 128 x 64). d256 halves
+# BLOCK_M to stay inside registers.
+_PREFILL_TILES = {64: TileConfig(128, 64, 4, 3), 128: TileConfig(128, 128, 8, 3),
                   256: TileConfig(64, 64, 8, 2)}
 _INTERP_TILE = TileConfig(64, 64, 4, 1)  # the interpreter's cost is per program and step
 
 
-def prefill_tile(block_d: int, rows: int) -> TileConfig:
-    cfg = _INTERP_TILE if is_interpreting() else _PREFILL_TILES[max(64, block_d)]
+def prefill_tile(block_d: int, rows: int, use_rope: bool = False, gpu: Optional[bool] = None) -> TileConfig:
+    """Tile of the tensor-core kernel for `rows` packed query rows (gpu=None: the GPU's unless
+    interpreting). RoPE on the fly loads each K tile twice: one stage less keeps d128 at
+    128 x 128 inside shared memory."""
+    gpu = not is_interpreting() if gpu is None else gpu
+    cfg = _PREFILL_TILES[max(64, block_d)] if gpu else _INTERP_TILE
     block_m = min(cfg.block_m, _pow2(rows))
-    return TileConfig(block_m, cfg.block_n, cfg.num_warps if block_m >= 64 else 4, cfg.num_stages)
+    stages = min(cfg.num_stages, 2) if use_rope and gpu else cfg.num_stages
+    return TileConfig(block_m, cfg.block_n, cfg.num_warps if block_m >= 64 else 4, stages,
+                      cfg.warp_spec and block_m == cfg.block_m)
 
 
-def decode_tile(block_g: int, block_d: int) -> TileConfig:
-    if is_interpreting():
+def decode_tile(block_g: int, block_d: int, gpu: Optional[bool] = None) -> TileConfig:
+    if not (not is_interpreting() if gpu is None else gpu):
         return TileConfig(block_g, 64, 4, 1)
     # The [G, N, D] product lives in registers: keep G*N*D near 8K fp32 per 4-warp program.
     block_n = max(16, min(64, 8192 // (block_g * block_d)))
     return TileConfig(block_g, block_n, 4, 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tma(device: torch.device) -> bool:
+    return is_interpreting() or (device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def kv_tma(k: torch.Tensor, v: torch.Tensor, token_head_strides: tuple, *, paged: bool, use_rope: bool) -> bool:
+    """Whether contiguous K/V tiles can be read through tensor descriptors (sm_90's copy engine,
+    or the interpreter): no page table, no RoPE applied on the fly, power-of-two head dims, and
+    16-byte aligned bases and strides (token_head_strides in elements: k token, k head, v token, v head)."""
+    d_qk, d_vo = k.shape[-1], v.shape[-1]
+    if paged or use_rope or d_qk != _pow2(d_qk) or d_vo != _pow2(d_vo) or not _has_tma(k.device):
+        return False
+    size = k.element_size()
+    return aligned16(k, v) and all(s * size % 16 == 0 for s in token_head_strides)
 
 
 def kv_split(num_programs: int, kv_len: int, block_n: int, device: torch.device) -> tuple[int, int]:
@@ -89,12 +114,14 @@ def kv_split(num_programs: int, kv_len: int, block_n: int, device: torch.device)
 
 
 def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Tensor,
-                      lse: Optional[torch.Tensor], indptr: Optional[torch.Tensor] = None):
+                      lse: Optional[torch.Tensor], indptr: Optional[torch.Tensor] = None,
+                      sinks: Optional[torch.Tensor] = None):
     """Merge partial states into out/lse.
 
     Without indptr: v_part [S, N, H, D] fp32, s_part [S, N, H] -> out [N, H, D], lse [N, H].
     With indptr [N + 1]: v_part [P, H, D], s_part [P, H]; row n merges partial rows
     indptr[n]:indptr[n + 1] (rows with none are skipped: the kernel wrote them directly).
+    sinks [H'] (natural log): head h's sink logit sinks[h % H'] joins the denominator.
     """
     n, h, d = out.shape
     if n * h == 0:
@@ -102,14 +129,15 @@ def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Ten
     split_dim = 0
     return launch(
         merge_states_kernel, (n * h,), num_warps=1 if d <= 64 else 2, num_stages=1,
-        v_ptr=v_part, s_ptr=s_part, o_ptr=out, lse_ptr=lse, indptr_ptr=indptr,
+        v_ptr=v_part, s_ptr=s_part, o_ptr=out, lse_ptr=lse, indptr_ptr=indptr, sinks_ptr=sinks,
         stride_vs=v_part.stride(split_dim), stride_vn=v_part.stride(-3) if indptr is None else 0,
         stride_vh=v_part.stride(-2), stride_ss=s_part.stride(split_dim),
         stride_sn=s_part.stride(-2) if indptr is None else 0, stride_sh=s_part.stride(-1),
         stride_on=out.stride(0), stride_oh=out.stride(1),
         stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
         num_splits=v_part.shape[0] if indptr is None else 0, num_heads=h, HEAD_DIM=d, BLOCK_D=_pow2(d),
-        WRITE_LSE=lse is not None, INDPTR=indptr is not None,
+        sink_heads=1 if sinks is None else sinks.shape[0],
+        WRITE_LSE=lse is not None, INDPTR=indptr is not None, HAS_SINKS=sinks is not None,
     )
 
 
@@ -130,7 +158,7 @@ def _split(kv_len, num_splits, num_programs, block_n, device):
 
 
 # Arguments of the batch-plan mode that a single-request launch leaves unused.
-_NO_BATCH = dict(work_ptr=None, seq_lens_ptr=None, kv_indptr_ptr=None, kv_indices_ptr=None,
+_NO_BATCH = dict(sinks_ptr=None, HAS_SINKS=False, work_ptr=None, seq_lens_ptr=None, kv_indptr_ptr=None, kv_indices_ptr=None,
                  part_o_ptr=None, part_lse_ptr=None, stride_w=0, stride_pn=0, stride_ph=0,
                  stride_pln=0, stride_plh=0, stride_kpage=0, stride_vpage=0,
                  BATCHED=False, PAGED=False, PAGE_SIZE=1)
@@ -145,10 +173,11 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         return
     group = num_qo_heads // num_kv_heads
     block_dqk, block_dvo = _pow2(d_qk), _pow2(d_vo)
-    tile = prefill_tile(max(block_dqk, block_dvo), qo_len * group)
+    tile = prefill_tile(max(block_dqk, block_dvo), qo_len * group, variant.use_rope)
     m_tiles = triton.cdiv(qo_len * group, tile.block_m)
     num_splits, chunk = _split(kv_len, num_splits, m_tiles * num_kv_heads, tile.block_n, q.device)
     o_buf, l_buf, (stride_os, stride_ls) = _outputs(out, lse, num_splits, qo_len, num_qo_heads, d_vo, q.device)
+    use_tma = kv_tma(k, v, (k.stride(0), k.stride(1), v.stride(0), v.stride(1)), paged=False, use_rope=variant.use_rope)
     launch(
         attention_fwd_kernel, (m_tiles, num_kv_heads, num_splits),
         num_warps=tile.num_warps, num_stages=tile.num_stages,
@@ -163,7 +192,9 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         HEAD_DIM_QK=d_qk, HEAD_DIM_VO=d_vo, BLOCK_DQK=block_dqk, BLOCK_DVO=block_dvo,
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
         IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
-        WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False, **variant.kernel_args(),
+        WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
+        KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec,
+        **variant.kernel_args(),
     )
     if num_splits > 1:
         merge_states_into(o_buf, l_buf, out, lse)

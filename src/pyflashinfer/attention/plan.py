@@ -5,6 +5,10 @@ the launch (work items x KV heads) fill about two waves of the GPU's SMs: a batc
 requests splits each into several chunks, a batch of 256 short ones is not split at all. Split
 requests write partial states to the float workspace; a merge launch combines them.
 
+Multi-token decode (q_len_per_req = n > 1) gives each request n query tokens, n x group packed
+rows cut into row tiles; a request has one work item per (KV chunk, row tile). A split chunk
+owns n consecutive partial rows (its tokens), so merge_indptr counts chunks per request.
+
 Everything the kernels read about the plan travels in one int32 buffer and one host-to-device
 copy:  [work: 5 rows x max_work | seq_lens: B | merge_indptr: B + 1 | kv_indptr: B + 1 |
        qo_indptr: B + 1]
@@ -35,15 +39,17 @@ class DecodePlan:
     o_dtype: torch.dtype
     variant: Variant
     use_tensor_cores: bool
+    q_len_per_req: int       # query tokens per request (causal among them when > 1)
+    block_m: int             # rows (token, head-in-group) per row tile (tensor-core path)
     block_n: int
     kv_chunk: int            # tokens per work item
     num_work: int            # work items with a request (the rest of max_work is padding)
     max_work: int            # grid axis 0 (fixed across plans in CUDA-graph mode)
-    num_partials: int        # partial rows the split requests write
+    num_partials: int        # partial rows the split requests write (q_len_per_req per chunk)
     max_seq_len: int
     buffer: torch.Tensor = field(repr=False)      # int32, on the device
-    part_o: torch.Tensor = field(repr=False)      # fp32 [max_work, H_qo, D], a view of the workspace
-    part_lse: torch.Tensor = field(repr=False)    # fp32 [max_work, H_qo]
+    part_o: torch.Tensor = field(repr=False)      # fp32 [partial rows, H_qo, D], a view of the workspace
+    part_lse: torch.Tensor = field(repr=False)    # fp32 [partial rows, H_qo]
 
     @property
     def work(self) -> torch.Tensor:
@@ -71,6 +77,8 @@ class DecodePlan:
 
     def __repr__(self) -> str:
         splits = f"{self.num_work} work items for {self.batch_size} requests"
+        if self.q_len_per_req > 1:
+            splits += f" x {self.q_len_per_req} tokens (BLOCK_M={self.block_m})"
         return (f"DecodePlan(batch={self.batch_size}, heads={self.num_qo_heads}/{self.num_kv_heads}, "
                 f"head_dim={self.head_dim}, page_size={self.page_size}, "
                 f"{'tensor cores' if self.use_tensor_cores else 'CUDA cores'}, kv_chunk={self.kv_chunk}, {splits}, "
@@ -88,26 +96,28 @@ def buffer_len(batch_size: int, max_work: int) -> int:
     return WORK_FIELDS * max_work + 4 * batch_size + 3
 
 
-def max_work_items(batch_size: int, num_kv_heads: int, num_sms: int) -> int:
-    """Work items a plan may produce: one per request, or up to the split target."""
-    return max(batch_size, triton.cdiv(2 * num_sms, num_kv_heads))
+def max_work_items(batch_size: int, num_kv_heads: int, num_sms: int, row_tiles: int = 1) -> int:
+    """Work items a plan may produce: row_tiles per request, or up to the split target
+    (choose_chunk keeps chunks x row_tiles x num_kv_heads within it)."""
+    return max(batch_size * row_tiles, triton.cdiv(2 * num_sms, num_kv_heads))
 
 
-def choose_chunk(seq_lens: torch.Tensor, num_kv_heads: int, num_sms: int, block_n: int, min_chunk: int,
+def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk: int, num_sms: int, block_n: int, min_chunk: int,
                  fixed_split_tokens: Optional[int], disable_split: bool) -> int:
     """Tokens per work item: the smallest multiple of block_n (>= min_chunk) for which the
-    launch stays within two waves of programs; no split when the batch alone fills them."""
+    launch stays within two waves of programs; no split when the batch alone fills them.
+    programs_per_chunk: KV heads x row tiles."""
     max_len = int(seq_lens.max()) if seq_lens.numel() else 0
     whole = max(triton.cdiv(max(max_len, 1), block_n) * block_n, block_n)
     if fixed_split_tokens is not None:
         return fixed_split_tokens
     target = 2 * num_sms
     batch = seq_lens.numel()
-    if disable_split or batch * num_kv_heads >= target or max_len <= min_chunk:
+    if disable_split or batch * programs_per_chunk >= target or max_len <= min_chunk:
         return whole
 
     def programs(chunk: int) -> int:
-        return int(torch.clamp((seq_lens + chunk - 1) // chunk, min=1).sum()) * num_kv_heads
+        return int(torch.clamp((seq_lens + chunk - 1) // chunk, min=1).sum()) * programs_per_chunk
 
     lo, hi = triton.cdiv(min_chunk, block_n), whole // block_n  # in units of block_n
     while lo < hi:
@@ -120,39 +130,43 @@ def choose_chunk(seq_lens: torch.Tensor, num_kv_heads: int, num_sms: int, block_
 
 
 def build_decode_buffer(seq_lens: torch.Tensor, kv_indptr: torch.Tensor, chunk: int, max_work: int,
-                        pin: bool) -> tuple[torch.Tensor, int, int]:
-    """seq_lens [B] and kv_indptr [B + 1] are int32 host tensors."""
-    """The plan's int32 host buffer (pinned when a GPU will read it), and (num_work, num_partials)."""
-    batch = seq_lens.numel()
-    n = torch.clamp((seq_lens + chunk - 1) // chunk, min=1)
-    num_work = int(n.sum())
+                        pin: bool, q_len_per_req: int = 1, row_tiles: int = 1) -> tuple[torch.Tensor, int, int]:
+    """The plan's int32 host buffer (pinned when a GPU will read it), and (num_work, num_partials).
+    seq_lens [B] and kv_indptr [B + 1] are int32 host tensors. Work items run request by
+    request, chunk by chunk, the row tiles of one chunk side by side (they read the same KV)."""
+    batch, n = seq_lens.numel(), q_len_per_req
+    chunks = torch.clamp((seq_lens + chunk - 1) // chunk, min=1)
+    items = chunks * row_tiles
+    num_work = int(items.sum())
     if num_work > max_work:
         raise ValueError(f"the plan needs {num_work} work items but this wrapper holds {max_work} "
                          "(CUDA-graph buffers are sized at construction); raise fixed_split_size or "
                          "leave it unset")
-    req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), n)
-    first = torch.cumsum(n, 0) - n
-    idx = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(first, n).to(torch.int32)
-    lo = idx * chunk
+    req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), items)
+    first = torch.cumsum(items, 0) - items
+    idx = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(first, items).to(torch.int32)
+    c, m_tile = idx // row_tiles, idx % row_tiles
+    lo = c * chunk
     hi = torch.minimum(lo + chunk, seq_lens[req.long()])
-    split = n > 1
-    parts = torch.where(split, n, 0)
-    merge_indptr = torch.zeros(batch + 1, dtype=torch.int32)
-    merge_indptr[1:] = torch.cumsum(parts, 0)
-    slot = torch.where(split[req.long()], merge_indptr[req.long()] + idx, -1)
+    split = chunks > 1
+    merge_indptr = torch.zeros(batch + 1, dtype=torch.int32)  # in chunks: chunk k owns partial rows n*k ..
+    merge_indptr[1:] = torch.cumsum(torch.where(split, chunks, 0), 0)
+    slot = torch.where(split[req.long()], (merge_indptr[req.long()] + c) * n, -1)
 
     buf = torch.empty(buffer_len(batch, max_work), dtype=torch.int32, pin_memory=pin)
     work = buf[: WORK_FIELDS * max_work].view(WORK_FIELDS, max_work)
     work.fill_(0)
     work[0].fill_(-1)
     work[0, :num_work] = req
+    work[1, :num_work] = m_tile
     work[2, :num_work] = lo
     work[3, :num_work] = hi
     work[4, :num_work] = slot
-    for i, values in enumerate((seq_lens, merge_indptr, kv_indptr, torch.arange(batch + 1, dtype=torch.int32))):
+    qo_indptr = torch.arange(batch + 1, dtype=torch.int32) * n
+    for i, values in enumerate((seq_lens, merge_indptr, kv_indptr, qo_indptr)):
         start, length = section(batch, max_work, i)
         buf[start: start + length] = values
-    return buf, num_work, int(merge_indptr[-1])
+    return buf, num_work, int(merge_indptr[-1]) * n
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,7 @@ class PrefillPlan:
     block_n: int
     num_warps: int
     num_stages: int
+    warp_spec: bool
     num_work: int
     total_qo: int
     total_kv: int            # tokens (ragged) or pages (paged) the page table names
@@ -190,8 +205,10 @@ class PrefillPlan:
 
 
 def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_lens: torch.Tensor, group: int,
-                         block_m: int, pin: bool) -> tuple[torch.Tensor, int]:
-    """The plan's int32 host buffer (same sections as a decode plan's) and the work count."""
+                         block_m: int, causal: bool, pin: bool) -> tuple[torch.Tensor, int]:
+    """The plan's int32 host buffer (same sections as a decode plan's) and the work count.
+    Work items come heaviest first (most keys to visit), so the short tiles of a causal prefill
+    fill in behind the long ones instead of leaving SMs idle at the end."""
     batch = seq_lens.numel()
     qo_lens = (qo_indptr[1:] - qo_indptr[:-1]).to(torch.int32)
     tiles = (qo_lens * group + block_m - 1) // block_m
@@ -200,6 +217,13 @@ def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_l
     req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), tiles)
     first = torch.cumsum(tiles, 0) - tiles
     m_tile = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(first, tiles).to(torch.int32)
+    r = req.long()
+    keys = seq_lens[r]
+    if causal:  # the tile's last row sees up to its token's position (bottom-right aligned)
+        last_row = torch.minimum((m_tile + 1) * block_m, qo_lens[r] * group) - 1
+        keys = torch.minimum(keys, (last_row // group + keys - qo_lens[r] + 1).clamp(min=0))
+    order = torch.argsort(keys, descending=True, stable=True)
+    req, m_tile = req[order], m_tile[order]
     buf = torch.empty(buffer_len(batch, max_work), dtype=torch.int32, pin_memory=pin)
     work = buf[: WORK_FIELDS * max_work].view(WORK_FIELDS, max_work)
     work.fill_(0)

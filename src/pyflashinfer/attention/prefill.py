@@ -98,9 +98,10 @@ class _BatchPrefillWrapper:
 
         group = num_qo_heads // num_kv_heads
         max_rows = int(qo_lens.max()) * group if batch else 1
-        tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1))
+        tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1),
+                            mode == PosEncodingMode.ROPE_LLAMA)
         host, num_work = build_prefill_buffer(qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m,
-                                              pin=self._device.type == "cuda")
+                                              causal=bool(causal) and packed is None, pin=self._device.type == "cuda")
         buf = torch.empty(host.numel(), dtype=torch.int32, device=self._device)
         buf.copy_(host, non_blocking=non_blocking)
         self._plan = PrefillPlan(
@@ -113,11 +114,13 @@ class _BatchPrefillWrapper:
                             rope_theta=1e4 if rope_theta is None else float(rope_theta),
                             use_alibi=mode == PosEncodingMode.ALIBI),
             block_m=tile.block_m, block_n=tile.block_n, num_warps=tile.num_warps, num_stages=tile.num_stages,
+            warp_spec=tile.warp_spec,
             num_work=num_work if int(qo_h[-1]) else 0, total_qo=int(qo_h[-1]), total_kv=int(kv_indptr_h[-1]),
             buffer=buf, packed_mask=packed, mask_indptr=mask_indptr)
         self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
 
-    def _run(self, q, k, v, kv_indices, strides, q_scale, k_scale, v_scale, out, lse, return_lse, window_left):
+    def _run(self, q, k, v, kv_indices, strides, q_scale, k_scale, v_scale, out, lse, return_lse, window_left,
+             sinks):
         plan = self._plan
         if plan is None:
             raise RuntimeError("run() before plan(): call plan() with the batch's indptrs first")
@@ -135,11 +138,12 @@ class _BatchPrefillWrapper:
         V.check_last_dim_contiguous("q", q)
         if q.device != self._device or k.device != self._device:
             raise ValueError(f"q and the KV must be on the workspace's device {self._device}, got {q.device}, {k.device}")
+        sinks = V.check_sinks(sinks, plan.num_qo_heads, self._device)
         out, lse = run_outputs(out, lse, return_lse, (plan.total_qo, plan.num_qo_heads, plan.head_dim_vo),
                                plan.o_dtype, self._device)
         sm_scale = plan.variant.sm_scale * (1.0 if q_scale is None else float(q_scale)) * \
             (1.0 if k_scale is None else float(k_scale))
-        prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sm_scale,
+        prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sinks, sm_scale,
                        1.0 if v_scale is None else float(v_scale))
         return (out, lse) if return_lse else out
 
@@ -182,9 +186,12 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args, q_scale: Optional[float] = None,
             k_scale: Optional[float] = None, v_scale: Optional[float] = None, o_scale: Optional[float] = None,
             out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None, return_lse: bool = False,
-            enable_pdl: Optional[bool] = None, kv_cache_sf=None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+            enable_pdl: Optional[bool] = None, sinks: Optional[torch.Tensor] = None,
+            kv_cache_sf=None) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """q [qo_indptr[-1], H_qo, D_qk]; k [kv_indptr[-1], H_kv, D_qk] and v [.., D_vo] (NHD; HND
-        swaps the first two axes). Returns out [qo_indptr[-1], H_qo, D_vo] (and the base-2 lse)."""
+        swaps the first two axes). Returns out [qo_indptr[-1], H_qo, D_vo] (and the base-2 lse).
+        sinks [H_qo]: attention-sink logits (natural log, not scaled by sm_scale) that join each
+        row's softmax denominator; the lse then includes them."""
         if args or o_scale is not None or kv_cache_sf is not None:
             raise NotImplementedError("extra positional arguments, o_scale and kv_cache_sf are not supported")
         V.check_tensor("k", k, 3)
@@ -200,7 +207,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         V.check_last_dim_contiguous("k", k)
         V.check_last_dim_contiguous("v", v)
         strides = (0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1))
-        return self._run(q, k, v, None, strides, q_scale, k_scale, v_scale, out, lse, return_lse, None)
+        return self._run(q, k, v, None, strides, q_scale, k_scale, v_scale, out, lse, return_lse, None, sinks)
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
 
@@ -258,9 +265,10 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
             lse: Optional[torch.Tensor] = None, return_lse: bool = False, enable_pdl: Optional[bool] = None,
             window_left: Optional[int] = None, sinks: Optional[torch.Tensor] = None, kv_cache_sf=None,
             **unsupported: Any) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """q [qo_indptr[-1], H_qo, D]; returns out [qo_indptr[-1], H_qo, D] (and the base-2 lse)."""
-        if args or sinks is not None or kv_cache_sf is not None or unsupported:
-            raise NotImplementedError("extra positional arguments, sinks, kv_cache_sf and "
+        """q [qo_indptr[-1], H_qo, D]; returns out [qo_indptr[-1], H_qo, D] (and the base-2 lse).
+        sinks [H_qo]: attention-sink logits, as in the ragged wrapper's run()."""
+        if args or kv_cache_sf is not None or unsupported:
+            raise NotImplementedError("extra positional arguments, kv_cache_sf and "
                                       f"{sorted(unsupported)} are not supported")
         plan = self._plan
         cache = unpack_paged_kv_cache(paged_kv_cache, self._layout)
@@ -272,7 +280,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
         strides = (cache.stride_page, cache.stride_tok, cache.stride_head,
                    cache.v_stride_page, cache.v_stride_tok, cache.v_stride_head)
         return self._run(q, cache.k, cache.v, self._kv_indices, strides, q_scale, k_scale, v_scale, out, lse,
-                         return_lse, window_left)
+                         return_lse, window_left, sinks)
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
 

@@ -30,7 +30,7 @@ def attention_ref(
     custom_mask: Optional[torch.Tensor] = None, window_left: int = -1, logits_soft_cap: float = 0.0,
     sm_scale: Optional[float] = None, pos_encoding_mode: str = "NONE", rope_scale: float = 1.0,
     rope_theta: float = 1e4, q_scale: float = 1.0, k_scale: float = 1.0, v_scale: float = 1.0,
-    compute_dtype: torch.dtype = torch.float32,
+    sinks: Optional[torch.Tensor] = None, compute_dtype: torch.dtype = torch.float32,
 ):
     """Attention of one request, NHD: q [qo_len, H_qo, D_qk], k [kv_len, H_kv, D_qk],
     v [kv_len, H_kv, D_vo]. Returns (o [qo_len, H_qo, D_vo], lse [qo_len, H_qo]) in
@@ -38,6 +38,8 @@ def attention_ref(
 
     Query i sits at position kv_len - qo_len + i (causal aligned bottom-right); key j at j.
     custom_mask (bool [qo_len, kv_len], True = keep) replaces the causal mask.
+    sinks [H_qo] (natural-log logits) add one key per head with that logit and a zero value:
+    it joins the softmax denominator (and the lse) only.
     """
     cd = compute_dtype
     qo_len, num_qo_heads, head_dim = q.shape
@@ -70,8 +72,13 @@ def attention_ref(
     if window_left >= 0:
         keep &= rel >= -window_left
     logits = logits.masked_fill(~keep[None], float("-inf"))
+    if sinks is not None:
+        sink_col = sinks.to(q.device, cd)[:, None, None].expand(num_qo_heads, qo_len, 1)
+        logits = torch.cat([logits, sink_col], dim=-1)
     lse = torch.logsumexp(logits.float(), dim=-1).to(cd)                    # [H, qo]
     p = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    if sinks is not None:
+        p = p[..., :kv_len]
     o = torch.einsum("hqk,khd->qhd", p, v) * v_scale
     return o, (lse / math.log(2.0)).transpose(0, 1)
 

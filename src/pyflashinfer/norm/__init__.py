@@ -11,7 +11,7 @@ import torch
 import triton
 
 from .. import _validate as V
-from .._launch import empty_output, launch
+from .._launch import ReplayCache, empty_output, launch, replay_key
 from .kernels import layernorm_kernel, rmsnorm_kernel
 
 __all__ = ["rmsnorm", "fused_add_rmsnorm", "gemma_rmsnorm", "gemma_fused_add_rmsnorm", "layernorm"]
@@ -61,14 +61,18 @@ def _rows(t: torch.Tensor):
     return t.shape[0] * t.shape[1], t.shape[1], t.stride(0), t.stride(1)
 
 
-def _rmsnorm(x, residual, weight, out, eps: float, gemma: bool) -> None:
+_REPLAYS = ReplayCache()
+
+
+def _rmsnorm(x, residual, weight, out, eps: float, gemma: bool):
+    """Launch; returns its Replay (None on CPU or for an empty input)."""
     num_rows, num_heads, stride_xb, stride_xh = _rows(x)
     if num_rows == 0:
-        return
+        return None
     _, _, stride_ob, stride_oh = _rows(out)
     _, _, stride_rb, stride_rh = _rows(residual) if residual is not None else (0, 0, 0, 0)
     tile = _tile(x.shape[-1])
-    launch(
+    return launch(
         rmsnorm_kernel, (triton.cdiv(num_rows, tile["BLOCK_M"]),), num_warps=tile["num_warps"], num_stages=1,
         x_ptr=x, r_ptr=residual, w_ptr=weight, o_ptr=out,
         stride_xb=stride_xb, stride_xh=stride_xh, stride_rb=stride_rb, stride_rh=stride_rh,
@@ -79,6 +83,13 @@ def _rmsnorm(x, residual, weight, out, eps: float, gemma: bool) -> None:
 
 
 def _rmsnorm_out(input, weight, eps, out, gemma) -> torch.Tensor:
+    key = replay_key(_rmsnorm_out, input, weight, out, eps, gemma)
+    replay = _REPLAYS.get(key)
+    if replay is not None:  # checked when first seen
+        if out is None:
+            out = empty_output(*input.shape, dtype=input.dtype, device=input.device)
+        replay(x_ptr=input, w_ptr=weight, o_ptr=out)
+        return out
     _check_input("input", input)
     device = V.check_device(input=input, weight=weight, out=out)
     _check_weight("weight", weight, input.shape[-1], (input.dtype, torch.float32), device)
@@ -87,11 +98,16 @@ def _rmsnorm_out(input, weight, eps, out, gemma) -> torch.Tensor:
     else:
         V.check_out("out", out, input.shape, input.dtype, device)
         V.check_last_dim_contiguous("out", out)
-    _rmsnorm(input, None, weight, out, eps, gemma)
+    _REPLAYS.put(key, _rmsnorm(input, None, weight, out, eps, gemma))
     return out
 
 
 def _fused_add(input, residual, weight, eps, gemma) -> None:
+    key = replay_key(_fused_add, input, residual, weight, eps, gemma)
+    replay = _REPLAYS.get(key)
+    if replay is not None:  # checked when first seen
+        replay(x_ptr=input, r_ptr=residual, w_ptr=weight, o_ptr=input)
+        return
     _check_input("input", input)
     _check_input("residual", residual)
     device = V.check_device(input=input, residual=residual, weight=weight)
@@ -100,7 +116,7 @@ def _fused_add(input, residual, weight, eps, gemma) -> None:
     if residual.dtype != input.dtype:
         raise TypeError(f"residual: expected the dtype of input ({input.dtype}), got {residual.dtype}")
     _check_weight("weight", weight, input.shape[-1], (input.dtype, torch.float32), device)
-    _rmsnorm(input, residual, weight, input, eps, gemma)
+    _REPLAYS.put(key, _rmsnorm(input, residual, weight, input, eps, gemma))
 
 
 def rmsnorm(input: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out: Optional[torch.Tensor] = None,

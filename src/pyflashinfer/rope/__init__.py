@@ -20,7 +20,7 @@ import torch
 import triton
 
 from .. import _validate as V
-from .._launch import empty_output, launch
+from .._launch import ReplayCache, empty_output, launch, replay_key
 from .kernels import rope_kernel
 
 __all__ = [
@@ -80,13 +80,17 @@ def _pos_ids_from_indptr(indptr: torch.Tensor, offsets: torch.Tensor, nnz: int, 
     return offsets.long()[req] + (token.long() - indptr.long()[req])
 
 
+_REPLAYS = ReplayCache()
+
+
 def _rope(q, k, q_out, k_out, pos_ids, *, rotary_dim, interleave, rope_scale=1.0, rope_theta=1e4,
-          llama31=None, cache=None) -> None:
-    """Launch the kernel: q/k [nnz, H, D] -> q_out/k_out (which may be q/k themselves)."""
+          llama31=None, cache=None):
+    """Launch the kernel: q/k [nnz, H, D] -> q_out/k_out (which may be q/k themselves).
+    Returns its Replay (None on CPU or for no tokens)."""
     nnz, num_q_heads, head_dim = q.shape
     num_k_heads = k.shape[1]
     if nnz == 0:
-        return
+        return None
     rcp_scale, smooth_a, smooth_b = 1.0 / float(rope_scale), 0.0, 0.0
     if llama31 is not None:
         low, high, old = (float(llama31[n]) for n in ("low_freq_factor", "high_freq_factor", "old_context_len"))
@@ -96,7 +100,7 @@ def _rope(q, k, q_out, k_out, pos_ids, *, rotary_dim, interleave, rope_scale=1.0
         smooth_b = -low / (high - low)
     block_r = triton.next_power_of_2(rotary_dim // 2)
     heads_per_step = max(1, _TILE_ELEMS // block_r)
-    launch(
+    return launch(
         rope_kernel, (nnz,), num_warps=4, num_stages=1,
         q_ptr=q, k_ptr=k, q_out_ptr=q_out, k_out_ptr=k_out, pos_ptr=pos_ids, cos_sin_ptr=cache,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kn=k.stride(0), stride_kh=k.stride(1),
@@ -115,6 +119,15 @@ def _rope(q, k, q_out, k_out, pos_ids, *, rotary_dim, interleave, rope_scale=1.0
 
 
 def _run(q, k, pos_ids, indptr, offsets, inplace, rotary_dim, interleave, **freq):
+    key = replay_key(q, k, pos_ids, indptr, offsets, inplace, rotary_dim, interleave, freq)
+    replay = _REPLAYS.get(key)
+    if replay is not None:  # checked when first seen
+        if pos_ids is None:
+            pos_ids = _pos_ids_from_indptr(indptr, offsets, q.shape[0], q.device)
+        q_out = q if inplace else empty_output(*q.shape, dtype=q.dtype, device=q.device)
+        k_out = k if inplace else empty_output(*k.shape, dtype=k.dtype, device=k.device)
+        replay(q_ptr=q, k_ptr=k, q_out_ptr=q_out, k_out_ptr=k_out, pos_ptr=pos_ids)
+        return None if inplace else (q_out, k_out)
     device = _check_qk(q, k)
     rotary_dim = _rotary_dim(rotary_dim, q.shape[2])
     if pos_ids is None:
@@ -126,7 +139,7 @@ def _run(q, k, pos_ids, indptr, offsets, inplace, rotary_dim, interleave, **freq
     else:
         q_out = empty_output(*q.shape, dtype=q.dtype, device=device)
         k_out = empty_output(*k.shape, dtype=k.dtype, device=device)
-    _rope(q, k, q_out, k_out, pos_ids, rotary_dim=rotary_dim, interleave=interleave, **freq)
+    _REPLAYS.put(key, _rope(q, k, q_out, k_out, pos_ids, rotary_dim=rotary_dim, interleave=interleave, **freq))
     return None if inplace else (q_out, k_out)
 
 
@@ -300,17 +313,30 @@ def apply_rope_with_cos_sin_cache(positions: torch.Tensor, query: torch.Tensor, 
 
         q, k = apply_rope_with_cos_sin_cache(positions, q, k, 128, cos_sin_cache)
     """
-    q, k, rotary_dim = _cache_views(positions, query, key, head_size, cos_sin_cache)
-    query_out = empty_output(*query.shape, dtype=query.dtype, device=query.device)
-    key_out = empty_output(*key.shape, dtype=key.dtype, device=key.device)
-    _rope(q, k, query_out.view(q.shape), key_out.view(k.shape), positions, rotary_dim=rotary_dim,
-          interleave=not is_neox, cache=cos_sin_cache)
-    return query_out, key_out
+    return _run_cached(positions, query, key, head_size, cos_sin_cache, is_neox, inplace=False)
 
 
 def apply_rope_with_cos_sin_cache_inplace(positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
                                           head_size: int, cos_sin_cache: torch.Tensor,
                                           is_neox: bool = True) -> None:
     """:func:`apply_rope_with_cos_sin_cache` writing into query and key."""
-    q, k, rotary_dim = _cache_views(positions, query, key, head_size, cos_sin_cache)
-    _rope(q, k, q, k, positions, rotary_dim=rotary_dim, interleave=not is_neox, cache=cos_sin_cache)
+    _run_cached(positions, query, key, head_size, cos_sin_cache, is_neox, inplace=True)
+
+
+def _run_cached(positions, query, key, head_size, cos_sin_cache, is_neox, inplace):
+    replay_id = replay_key(positions, query, key, head_size, cos_sin_cache, is_neox, inplace)
+    replay = _REPLAYS.get(replay_id)
+    if replay is None:  # first seen: check, launch and remember
+        q, k, rotary_dim = _cache_views(positions, query, key, head_size, cos_sin_cache)
+    if inplace:
+        query_out, key_out = query, key
+    else:
+        query_out = empty_output(*query.shape, dtype=query.dtype, device=query.device)
+        key_out = empty_output(*key.shape, dtype=key.dtype, device=key.device)
+    if replay is not None:
+        replay(q_ptr=query, k_ptr=key, q_out_ptr=query_out, k_out_ptr=key_out, pos_ptr=positions,
+               cos_sin_ptr=cos_sin_cache)
+    else:
+        _REPLAYS.put(replay_id, _rope(q, k, query_out.view(q.shape), key_out.view(k.shape), positions,
+                                      rotary_dim=rotary_dim, interleave=not is_neox, cache=cos_sin_cache))
+    return None if inplace else (query_out, key_out)

@@ -51,6 +51,17 @@ def logits_log2(qk, sm_scale, soft_cap, slopes, rel_pos, HAS_SOFTCAP: tl.constex
 
 
 @triton.jit
+def fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_r, final):
+    """Attention sinks: one extra logit per qo head (natural-log units, not scaled by sm_scale)
+    that joins the softmax denominator only: out = sum_j e^{s_j} v_j / (sum_j e^{s_j} + e^{sink}).
+    `final` False (a partial state of a split, merged later) leaves the state as it is."""
+    sink = tl.load(sinks_ptr + head, mask=mask_r, other=float("-inf")).to(tl.float32) * LOG2E
+    sink = tl.where(final, sink, float("-inf"))
+    m_new, l_new, alpha, _ = softmax_step(m_i, l_i, sink[:, None])
+    return acc * alpha[:, None], m_new, l_new
+
+
+@triton.jit
 def finalize(acc, m_i, l_i, v_scale):
     """Normalise the online-softmax state: out = acc / l * v_scale (0 for fully masked rows),
     lse = m + log2(l) in base 2 (-inf for fully masked rows)."""
@@ -77,9 +88,13 @@ def load_work(work_ptr, stride_w, w):
 @triton.jit
 def kv_offsets(offs_n, mask_n, page_ptr, stride_page, stride_tok, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
     """Element offsets (int64) of KV tokens offs_n of one request: through its page table
-    (page_ptr points at its first page id) or contiguous (page_ptr unused)."""
+    (page_ptr points at its first page id) or contiguous (page_ptr unused). mask_n=None: every
+    token is in range."""
     if PAGED:
-        page = tl.load(page_ptr + offs_n // PAGE_SIZE, mask=mask_n, other=0).to(tl.int64)
+        if mask_n is None:
+            page = tl.load(page_ptr + offs_n // PAGE_SIZE).to(tl.int64)
+        else:
+            page = tl.load(page_ptr + offs_n // PAGE_SIZE, mask=mask_n, other=0).to(tl.int64)
         return page * stride_page + (offs_n % PAGE_SIZE).to(tl.int64) * stride_tok
     else:
         return offs_n.to(tl.int64) * stride_tok

@@ -9,12 +9,12 @@ request split into kv_chunk ranges (axis 2), or a batch plan's work list (axis 0
 import triton
 import triton.language as tl
 
-from .common import finalize, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
+from .common import finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
 
 
 @triton.jit(do_not_specialize=["kv_len", "group_size", "kv_chunk", "window_left"])
 def decode_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, alibi_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, alibi_ptr, sinks_ptr,
     work_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
@@ -26,7 +26,7 @@ def decode_fwd_kernel(
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
     USE_ROPE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, HAS_SINKS: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -98,6 +98,11 @@ def decode_fwd_kernel(
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
         m_i = m_new
 
+    if HAS_SINKS:  # a split request's partial states get theirs when merged
+        if BATCHED:
+            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_g, slot < 0)
+        else:
+            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_g, True)
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_g[:, None] & mask_dvo[None, :]
     rows = row + tl.zeros([BLOCK_G], dtype=tl.int64)

@@ -1,7 +1,8 @@
 """Merge attention states (partial outputs with base-2 LSEs) over a split axis.
 
     lse = log2(sum_s 2^lse_s),   o = sum_s 2^(lse_s - lse) o_s
-All splits fully masked -> o = 0, lse = -inf. One program per (row, head).
+All splits fully masked -> o = 0, lse = -inf. With HAS_SINKS the head's sink logit (see
+common.fold_sink; head h reads sink h mod sink_heads) adds 2^(sink log2 e) to the sum. One program per (row, head).
 With INDPTR, row n merges partial rows [indptr[n], indptr[n + 1]) (a batch plan's split
 requests); a row with no partials was written directly by the attention kernel and is skipped.
 """
@@ -9,13 +10,14 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["num_splits", "num_heads"])
+@triton.jit(do_not_specialize=["num_splits", "num_heads", "sink_heads"])
 def merge_states_kernel(
-    v_ptr, s_ptr, o_ptr, lse_ptr, indptr_ptr,
+    v_ptr, s_ptr, o_ptr, lse_ptr, indptr_ptr, sinks_ptr,
     stride_vs, stride_vn, stride_vh, stride_ss, stride_sn, stride_sh,
     stride_on, stride_oh, stride_ln, stride_lh,
-    num_splits, num_heads,
+    num_splits, num_heads, sink_heads,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_LSE: tl.constexpr, INDPTR: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n = (pid // num_heads).to(tl.int64)
@@ -34,14 +36,18 @@ def merge_states_kernel(
         s_row = s_ptr + n * stride_sn + h * stride_sh + tl.zeros([1], dtype=tl.int32)
         v_row = v_ptr + n * stride_vn + h * stride_vh + offs_d
 
-    m = tl.full([1], float("-inf"), dtype=tl.float32)
+    if HAS_SINKS:  # the head's sink logit (natural log) joins the denominator once, here
+        sink = tl.load(sinks_ptr + h % sink_heads + tl.zeros([1], dtype=tl.int32)).to(tl.float32) * 1.4426950408889634
+    else:
+        sink = tl.full([1], float("-inf"), dtype=tl.float32)
+    m = sink
     s_ptrs = s_row
     for _ in range(0, num_splits):
         m = tl.maximum(m, tl.load(s_ptrs))
         s_ptrs += stride_ss
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    l = tl.zeros([1], dtype=tl.float32)
+    l = tl.exp2(sink - m_safe)
     s_ptrs = s_row
     v_ptrs = v_row
     for _ in range(0, num_splits):

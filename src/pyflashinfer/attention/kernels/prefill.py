@@ -17,12 +17,12 @@ fp16's range (|q| < 65504).
 import triton
 import triton.language as tl
 
-from .common import finalize, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
+from .common import finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
 
 
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
 def attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr, sinks_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
@@ -35,7 +35,8 @@ def attention_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, USE_ROPE: tl.constexpr,
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr,
+    DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr, KV_TMA: tl.constexpr, HAS_SINKS: tl.constexpr,
+    WARP_SPEC: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -98,40 +99,45 @@ def attention_fwd_kernel(
         page_ptr = kv_indices_ptr + kv_start  # this request's page ids
     else:
         page_ptr = kv_indices_ptr
+    if KV_TMA:  # contiguous KV on sm_90: tiles come through the copy engine, zero past kv_len
+        k_src = tl.make_tensor_descriptor(k_base, [kv_len, HEAD_DIM_QK], [stride_kn, 1], [BLOCK_N, HEAD_DIM_QK])
+        v_src = tl.make_tensor_descriptor(v_base, [kv_len, HEAD_DIM_VO], [stride_vn, 1], [BLOCK_N, HEAD_DIM_VO])
+    else:
+        k_src = k_base
+        v_src = v_base
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DVO], dtype=tl.float32)
 
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        mask_n = offs_n < hi
-        k_rows = k_base + kv_offsets(offs_n, mask_n, page_ptr, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
-        mask_k = mask_n[:, None] & mask_dqk[None, :]
-        if USE_ROPE:
-            k = load_rope(k_rows, offs_dqk, mask_k, offs_n, HEAD_DIM_QK, rope_rcp_scale, rope_log2_theta)
-        else:
-            k = tl.load(k_rows + offs_dqk[None, :], mask=mask_k, other=0.0)
-        qk = tl.dot(q, tl.trans(k.to(q.dtype)))
-        rel_pos = offs_n[None, :] - q_pos[:, None]
-        s = logits_log2(qk, sm_scale, soft_cap, slopes, rel_pos, HAS_SOFTCAP, HAS_ALIBI)
-
-        keep = mask_n[None, :] & mask_m[:, None]
+    # Two phases: whole tiles every row of the tile sees (no mask, no bounds: most of a causal
+    # prefill), then the rest with every mask applied (the diagonal, the tail, windows, masks).
+    # WARP_SPEC (with KV_TMA) lets the compiler give the first phase's loads to producer warps.
+    full_hi = lo
+    if not (HAS_MASK or HAS_WINDOW):
+        seen_by_all = hi
         if IS_CAUSAL:
-            keep &= rel_pos <= 0
-        if HAS_WINDOW:
-            keep &= rel_pos >= -window_left
-        if HAS_MASK:
-            bit = tok.to(tl.int64)[:, None] * kv_len + offs_n[None, :]
-            byte = tl.load(mask_ptr + (bit >> 3), mask=keep, other=0).to(tl.int32)
-            keep &= ((byte >> (bit & 7).to(tl.int32)) & 1) != 0
-        s = tl.where(keep, s, float("-inf"))
+            seen_by_all = tl.minimum(hi, first_row // group_size + (kv_len - qo_len) + 1)
+        full_hi = lo + tl.maximum(seen_by_all - lo, 0) // BLOCK_N * BLOCK_N
+    for start_n in tl.range(lo, full_hi, BLOCK_N, warp_specialize=WARP_SPEC):
+        acc, m_i, l_i = attend_tile(
+            acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
+            mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
+            stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
+            HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, False, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
+            HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
+    for start_n in range(full_hi, hi, BLOCK_N):
+        acc, m_i, l_i = attend_tile(
+            acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
+            mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
+            stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
+            HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, True, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
+            HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
 
-        m_new, l_i, alpha, p = softmax_step(m_i, l_i, s)
-        v_rows = v_base + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
-        v = tl.load(v_rows + offs_dvo[None, :], mask=mask_n[:, None] & mask_dvo[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-        m_i = m_new
-
+    if HAS_SINKS:  # a split request's partial states get theirs when merged
+        if HAS_PARTIALS:
+            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, slot < 0)
+        else:
+            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, True)
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_m[:, None] & mask_dvo[None, :]
     if HAS_PARTIALS:  # batch plans that split KV: slot >= 0 writes a partial state
@@ -149,3 +155,65 @@ def attention_fwd_kernel(
     else:
         store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, pid_s.to(tl.int64) * stride_os,
                   stride_on, stride_oh, pid_s.to(tl.int64) * stride_ls, stride_ln, stride_lh, WRITE_LSE)
+
+
+@triton.jit
+def attend_tile(acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
+                mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
+                stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
+                HEAD_DIM_QK: tl.constexpr, HEAD_DIM_VO: tl.constexpr, BLOCK_DQK: tl.constexpr,
+                BLOCK_DVO: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+                HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                USE_ROPE: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, KV_TMA: tl.constexpr):
+    """One KV tile [start_n, start_n + BLOCK_N) of the online softmax. MASKED=False: every key
+    of the tile is in range and seen by every row (no bounds, no masks). k_src/v_src: tensor
+    descriptors (KV_TMA) or the KV head's base pointers."""
+    offs_n = start_n + offs_n0
+    if MASKED:
+        mask_n = offs_n < hi
+        mask_k = mask_n[:, None] & mask_dqk[None, :]
+        mask_v = mask_n[:, None] & mask_dvo[None, :]
+    else:
+        mask_n = None
+        mask_k = mask_dqk[None, :]
+        mask_v = mask_dvo[None, :]
+    if KV_TMA:
+        k = k_src.load([start_n, 0])
+    else:
+        k_rows = k_src + kv_offsets(offs_n, mask_n, page_ptr, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
+        if USE_ROPE:
+            k = load_rope(k_rows, offs_dqk, mask_k, offs_n, HEAD_DIM_QK, rope_rcp_scale, rope_log2_theta)
+        elif BLOCK_DQK == HEAD_DIM_QK and not MASKED:
+            k = tl.load(k_rows + offs_dqk[None, :])
+        else:
+            k = tl.load(k_rows + offs_dqk[None, :], mask=mask_k, other=0.0)
+    qk = tl.dot(q, tl.trans(k.to(q.dtype)))
+    rel_pos = offs_n[None, :] - q_pos[:, None]
+    s = logits_log2(qk, sm_scale, soft_cap, slopes, rel_pos, HAS_SOFTCAP, HAS_ALIBI)
+    if MASKED:
+        keep = mask_n[None, :] & mask_m[:, None]
+        if IS_CAUSAL:
+            keep &= rel_pos <= 0
+        if HAS_WINDOW:
+            keep &= rel_pos >= -window_left
+        if HAS_MASK:
+            bit = tok.to(tl.int64)[:, None] * kv_len + offs_n[None, :]
+            byte = tl.load(mask_ptr + (bit >> 3), mask=keep, other=0).to(tl.int32)
+            keep &= ((byte >> (bit & 7).to(tl.int32)) & 1) != 0
+        s = tl.where(keep, s, float("-inf"))
+        m_new, l_i, alpha, p = softmax_step(m_i, l_i, s)
+    else:  # every logit is finite: no guard for rows that have seen nothing yet
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+    if KV_TMA:
+        v = v_src.load([start_n, 0])
+    else:
+        v_rows = v_src + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+        if BLOCK_DVO == HEAD_DIM_VO and not MASKED:
+            v = tl.load(v_rows + offs_dvo[None, :])
+        else:
+            v = tl.load(v_rows + offs_dvo[None, :], mask=mask_v, other=0.0)
+    acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None])
+    return acc, m_new, l_i
