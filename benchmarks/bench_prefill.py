@@ -2,6 +2,7 @@
 
     python benchmarks/bench_prefill.py [--out results.json]
     python benchmarks/bench_prefill.py --sweep     # tile configs x (TMA, pointer, paged) loads
+    python benchmarks/bench_prefill.py --profile   # host overhead of run() on the smallest workload
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
 the ragged batch wrapper and the paged batch wrapper (page 16, pages scattered), against torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyflashinfer as flashinfer  # noqa: E402
-from benchmarks.common import H100_BF16_TFLOPS, rel_err, table, time_host  # noqa: E402
+from benchmarks.common import H100_BF16_TFLOPS, host_profile, rel_err, table, time_graph, time_host  # noqa: E402
 from benchmarks.workloads import PREFILL  # noqa: E402
 from pyflashinfer.attention.reference import attention_ref  # noqa: E402
 
@@ -166,13 +167,33 @@ def sweep():
     print(table(rows, ["workload", "impl", "config", "us", "TFLOP/s", "first call s", "error"]))
 
 
+def profile():
+    """llama2-7b bs1 L512 through the ragged wrapper: host time per run() (cProfiled) and the
+    time per call inside a CUDA graph (the kernel alone)."""
+    w, dt = PREFILL[0], torch.bfloat16
+    q = torch.randn(w.seq, w.q_heads, w.head_dim, device="cuda", dtype=dt)
+    k = torch.randn(w.seq, w.kv_heads, w.head_dim, device="cuda", dtype=dt)
+    v = torch.randn_like(k)
+    indptr = torch.tensor([0, w.seq], dtype=torch.int32, device="cuda")
+    wr = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device="cuda"))
+    wr.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt)
+    host = host_profile(lambda: wr.run(q, k, v), top=15)
+    graph = time_graph(lambda: wr.run(q, k, v))
+    print(f"{w.name} ragged run(): {host * 1e6:.1f} us host per call, "
+          f"{'n/a' if graph is None else f'{graph * 1e6:.1f} us'} per call in a CUDA graph, "
+          f"{time_host(lambda: wr.run(q, k, v)) * 1e6:.1f} us host-timed")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile", action="store_true", help="only: host overhead of run() at llama2-7b bs1 L512")
     ap.add_argument("--sweep", action="store_true", help="only: d128 tile configs on the batch wrappers")
     args = ap.parse_args()
     if args.sweep:
         return sweep()
+    if args.profile:
+        return profile()
     torch.manual_seed(0)
     import triton
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
