@@ -131,16 +131,18 @@ def sweep():
         w = next(x for x in DECODE if x.name == name)
         for kv_dtype in ((torch.bfloat16, torch.float8_e4m3fn) if w.q_heads != w.kv_heads else (torch.bfloat16,)):
             cache, pages, scale = build(w, kv_dtype)
-            for block_n, warps, stages in ((64, 4, 3), (64, 4, 4), (128, 4, 3), (128, 8, 3), (64, 8, 4),
-                                           (128, 4, 4), (256, 8, 3)):
-                TC_DECODE_TILES[cache.element_size()] = dict(block_n=block_n, num_warps=warps, num_stages=stages)
+            for block_n, warps, stages, two in ((128, 8, 3, False), (128, 8, 3, True), (128, 4, 3, False),
+                                                (128, 4, 3, True), (64, 4, 3, False), (128, 8, 4, False)):
+                TC_DECODE_TILES[cache.element_size()] = dict(block_n=block_n, num_warps=warps, num_stages=stages,
+                                                             two_phase=two)
+                name = f"N{block_n} w{warps} s{stages}" + " 2-phase" * two
                 sub = []
                 try:
                     bench_one(w, kv_dtype, True, cache, pages, scale, ws, sub, False)
-                    sub[0]["config"] = f"N{block_n} w{warps} s{stages}"
+                    sub[0]["config"] = name
                     rows += sub
                 except Exception as e:
-                    print(f"  N{block_n} w{warps} s{stages}: {type(e).__name__}: {str(e)[:100]}")
+                    print(f"  {name}: {type(e).__name__}: {str(e)[:100]}")
             del cache
     print(table(rows, ["workload", "kv", "config", "us (host)", "GB/s"]))
 

@@ -150,3 +150,39 @@ def test_prefill_rejects_bad_input(device):
                custom_mask=torch.ones(14, dtype=torch.bool, device=device))
     with pytest.raises(NotImplementedError):
         flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device), use_cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="launches are replayed on the GPU only")
+@pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
+def test_repeated_runs_replay_launches(paged, device):
+    """Later run() calls replay the first call's launch with the new tensors: each result must
+    match the reference, with and without out=/lse=, and with sinks."""
+    qo_lens, kv_lens, h_qo, h_kv, d = [7, 40], [30, 40], 8, 2, 128
+    kw = dict(causal=True)
+    w = (flashinfer.BatchPrefillWithPagedKVCacheWrapper if paged else flashinfer.BatchPrefillWithRaggedKVCacheWrapper)(
+        _ws(device))
+    cache = None
+    for step in range(5):
+        qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
+        sinks = torch.randn(h_qo, device=device) if step >= 3 else None
+        if paged:
+            if cache is None:
+                cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, 16, BF16, device)
+                w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, 16, q_data_type=BF16,
+                       **kw)
+            args = (cache,)
+        else:
+            ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
+            vs = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
+            if step == 0:
+                w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d,
+                       q_data_type=BF16, **kw)
+            args = (torch.cat(ks), torch.cat(vs))
+        if step % 2:
+            out = torch.full((sum(qo_lens), h_qo, d), float("nan"), dtype=BF16, device=device)
+            lse = torch.full((sum(qo_lens), h_qo), float("nan"), device=device)
+            w.run(torch.cat(qs), *args, out=out, lse=lse, return_lse=True, sinks=sinks)
+        else:
+            out, lse = w.run(torch.cat(qs), *args, return_lse=True, sinks=sinks)
+        _check(out, lse, qs, ks, vs, BF16, sinks=sinks, **kw)
+    assert w._replay_key is not None, "the fast path should be armed"

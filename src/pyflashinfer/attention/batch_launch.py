@@ -26,7 +26,7 @@ def _paged_decode_launch(
     alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
     block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
     window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
-    use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor],
+    use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor], two_phase: bool,
 ) -> list:
     num_qo_heads, d_qk = q.shape[1], q.shape[2]
     tok, head = (2, 1) if hnd else (1, 2)
@@ -56,7 +56,7 @@ def _paged_decode_launch(
         attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
                       mask_indptr_ptr=None, qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=block_m,
                       IS_CAUSAL=q_len_per_req > 1, HAS_MASK=False, DOT_F16=k.element_size() == 1,
-                      HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, **common)
+                      HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, TWO_PHASE=two_phase, **common)
     else:
         attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)
@@ -95,11 +95,12 @@ def _paged_decode_impl(
     alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
     block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
     window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
-    use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor],
+    use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor], two_phase: bool,
 ) -> None:
     _paged_decode_launch(q, k, v, kv_indices, plan_buf, part_o, part_lse, out, lse, alibi, batch, max_work, hnd,
                          use_tensor_cores, block_n, num_warps, num_stages, merge, sm_scale, soft_cap, window_left,
-                         rope_rcp_scale, rope_log2_theta, v_scale, use_rope, use_alibi, q_len_per_req, block_m, sinks)
+                         rope_rcp_scale, rope_log2_theta, v_scale, use_rope, use_alibi, q_len_per_req, block_m, sinks,
+                         two_phase)
 
 
 _op = torch.library.custom_op("pyflashinfer::paged_decode", mutates_args=("part_o", "part_lse", "out", "lse"))(
@@ -121,16 +122,17 @@ def paged_decode(**kwargs) -> Optional[list]:
 
 def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: Optional[torch.Tensor],
                    strides: tuple, out: torch.Tensor, lse: Optional[torch.Tensor], alibi: Optional[torch.Tensor],
-                   sinks: Optional[torch.Tensor], sm_scale: float, v_scale: float) -> None:
+                   sinks: Optional[torch.Tensor], sm_scale: float, v_scale: float):
     """One launch over a PrefillPlan's work list. strides: (k page, k token, k head, v page,
-    v token, v head) in elements (page strides unused for a ragged KV)."""
+    v token, v head) in elements (page strides unused for a ragged KV). Returns the launch's
+    Replay (None on CPU or when there is no work)."""
     if plan.num_work == 0:
-        return
+        return None
     var = plan.variant
     sec = [plan.buffer[section(plan.batch_size, plan.num_work, i)[0]:] for i in range(4)]
     kp, kn, kh, vp, vn, vh = strides
     use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
-    launch(
+    return launch(
         attention_fwd_kernel, (plan.num_work, plan.num_kv_heads, 1), num_warps=plan.num_warps,
         num_stages=plan.num_stages,
         q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, mask_ptr=plan.packed_mask,
@@ -146,6 +148,6 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         IS_CAUSAL=var.causal and plan.packed_mask is None, HAS_MASK=plan.packed_mask is not None,
         WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
         DOT_F16=k.element_size() == 1, HAS_PARTIALS=False, HAS_SINKS=sinks is not None,
-        KV_TMA=use_tma, WARP_SPEC=use_tma and plan.warp_spec,
+        KV_TMA=use_tma, WARP_SPEC=use_tma and plan.warp_spec, TWO_PHASE=True,
         **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(),
     )

@@ -32,12 +32,15 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
                      "o_data_type", "data_type", "sm_scale", "rope_scale", "rope_theta", "non_blocking",
                      "block_tables", "seq_lens", "fixed_split_size", "disable_split_kv", "q_len_per_req")
 
-# Tensor-core path, by KV element size: BLOCK_N and (warps, stages) for the KV loop. Decode is
-# memory bound: the tile must keep enough bytes in flight per program. Chosen by
-# `bench_decode.py --sweep` on the H100 (2026-11-23, 7 configs): bf16 128 x 8 warps x 3 stages
-# gave 2,752 / 2,873 / 2,932 GB/s on gqa4 bs64 kv4096 / gqa4 bs16 kv32768 / mha bs64 kv4096 (64 x 4 x 3:
-# 2,490 / 2,714 / 2,945); fp8 128 x 4 x 3 gave 1,664 / 1,749 (64 x 4 x 3: 1,425 / 1,383).
-TC_DECODE_TILES = {2: dict(block_n=128, num_warps=8, num_stages=3), 1: dict(block_n=128, num_warps=4, num_stages=3)}
+# Tensor-core path, by KV element size: BLOCK_N, (warps, stages) for the KV loop, and whether the
+# kernel runs its unmasked tiles in a loop of their own. Decode is memory bound: the tile must
+# keep enough bytes in flight per program. Chosen by `bench_decode.py --sweep` on the H100
+# (2026-11-23): bf16 128 x 8 warps x 3 stages gave 2,752 / 2,873 / 2,932 GB/s on gqa4 bs64 kv4096 /
+# gqa4 bs16 kv32768 / mha bs64 kv4096 (64 x 4 x 3: 2,490 / 2,714 / 2,945); fp8 128 x 4 x 3 gave
+# 1,664 / 1,749 (64 x 4 x 3: 1,425 / 1,383). The two-phase loop lifted fp8 to 1,822 / 2,098 and
+# cost bf16 10-15% (bench_decode.py, same day).
+TC_DECODE_TILES = {2: dict(block_n=128, num_warps=8, num_stages=3, two_phase=False),
+                   1: dict(block_n=128, num_warps=4, num_stages=3, two_phase=True)}
 # q_len_per_req > 1: a request's n x group rows go in row tiles of at most this many rows
 # (prefill's d256 BLOCK_M; not yet measured for decode).
 TC_DECODE_MAX_BLOCK_M = 64
@@ -59,6 +62,7 @@ class _Statics:
     split_tokens: Optional[int]      # fixed_split_size in tokens
     disable_split_kv: bool
     launch_cfg: tuple                # (num_warps, num_stages)
+    two_phase: bool                  # tensor cores: unmasked KV tiles first (kernels/prefill.py)
     alibi: Optional[torch.Tensor]
 
 
@@ -212,7 +216,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
             cfg = TC_DECODE_TILES[kv_dtype.itemsize]
             block_m = _pow2(group) if n == 1 else min(TC_DECODE_MAX_BLOCK_M, _pow2(n * group))
             block_n, num_warps, num_stages = cfg["block_n"], cfg["num_warps"], cfg["num_stages"]
+            two_phase = cfg["two_phase"]
         else:
+            two_phase = False
             tile = decode_tile(max(1, 1 << (group - 1).bit_length()), max(16, 1 << (head_dim - 1).bit_length()))
             block_m, block_n, num_warps, num_stages = tile.block_m, tile.block_n, tile.num_warps, tile.num_stages
         variant = Variant(sm_scale=1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale),
@@ -229,7 +235,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              block_n=block_n),
             row_tiles=triton.cdiv(n * group, block_m),
             split_tokens=None if fixed_split_size is None else fixed_split_size * page_size,
-            disable_split_kv=disable_split_kv, launch_cfg=(num_warps, num_stages),
+            disable_split_kv=disable_split_kv, launch_cfg=(num_warps, num_stages), two_phase=two_phase,
             alibi=get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None)
 
     def _make_plan(self, st: _Statics, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor,
@@ -376,7 +382,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             soft_cap=var.soft_cap, window_left=var.window_left, rope_rcp_scale=1.0 / var.rope_scale,
             rope_log2_theta=math.log2(var.rope_theta), v_scale=1.0 if v_scale is None else float(v_scale),
             use_rope=var.use_rope, use_alibi=var.use_alibi, q_len_per_req=plan.q_len_per_req, block_m=plan.block_m,
-            sinks=sinks)
+            sinks=sinks, two_phase=self._statics.two_phase)
         if replays is not None and all(r is not None for r, _ in replays) and \
                 aligned16(q, out, lse, sinks, cache.k, cache.v):
             cache_ref = tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else paged_kv_cache

@@ -193,7 +193,7 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
         IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
         WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
-        KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec,
+        KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec, TWO_PHASE=True,
         **variant.kernel_args(),
     )
     if num_splits > 1:

@@ -16,9 +16,11 @@ import torch
 
 from .. import _validate as V
 from ..packbits import segment_packbits
+from .._launch import empty_output, replay_key
 from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes
 from .batch_launch import prefill_launch
+from .decode import _same_cache
 from .host_checks import host_indptr, host_page_table, planned_dtypes, run_outputs
 from .launch import Variant, _pow2, prefill_tile
 from .plan import PrefillPlan, build_prefill_buffer
@@ -40,6 +42,7 @@ class _BatchPrefillWrapper:
         self._layout = kv_layout
         self._device = float_workspace_buffer.device
         self._plan: Optional[PrefillPlan] = None
+        self._replay = self._replay_key = self._replay_cache = None  # run()'s last launch (GPU)
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
@@ -118,9 +121,29 @@ class _BatchPrefillWrapper:
             num_work=num_work if int(qo_h[-1]) else 0, total_qo=int(qo_h[-1]), total_kv=int(kv_indptr_h[-1]),
             buffer=buf, packed_mask=packed, mask_indptr=mask_indptr)
         self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
+        self._replay = self._replay_key = self._replay_cache = None
+
+    def _replayed(self, key, tensors: dict, return_lse: bool):
+        """run()'s fast path: while the plan stands and the kinds of run()'s arguments repeat
+        (`key`, see replay_key), the last launch is replayed on the new tensors, with no checks
+        and no argument binding (these were checked when first seen). None on a miss."""
+        if key is None or key != self._replay_key:
+            return None
+        plan = self._plan
+        out, lse = tensors["o_ptr"], tensors["lse_ptr"]
+        if out is None:
+            out = tensors["o_ptr"] = empty_output(plan.total_qo, plan.num_qo_heads, plan.head_dim_vo,
+                                                  dtype=plan.o_dtype, device=self._device)
+        if return_lse and lse is None:
+            lse = tensors["lse_ptr"] = empty_output(plan.total_qo, plan.num_qo_heads, dtype=torch.float32,
+                                                    device=self._device)
+        self._replay(**tensors)
+        return (out, lse) if return_lse else out
 
     def _run(self, q, k, v, kv_indices, strides, q_scale, k_scale, v_scale, out, lse, return_lse, window_left,
              sinks):
+        """The checked launch; leaves its Replay in self._replay (the caller arms the fast path)."""
+        self._replay = self._replay_key = None
         plan = self._plan
         if plan is None:
             raise RuntimeError("run() before plan(): call plan() with the batch's indptrs first")
@@ -143,8 +166,8 @@ class _BatchPrefillWrapper:
                                plan.o_dtype, self._device)
         sm_scale = plan.variant.sm_scale * (1.0 if q_scale is None else float(q_scale)) * \
             (1.0 if k_scale is None else float(k_scale))
-        prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sinks, sm_scale,
-                       1.0 if v_scale is None else float(v_scale))
+        self._replay = prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sinks, sm_scale,
+                                      1.0 if v_scale is None else float(v_scale))
         return (out, lse) if return_lse else out
 
 
@@ -192,6 +215,12 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         swaps the first two axes). Returns out [qo_indptr[-1], H_qo, D_vo] (and the base-2 lse).
         sinks [H_qo]: attention-sink logits (natural log, not scaled by sm_scale) that join each
         row's softmax denominator; the lse then includes them."""
+        key = replay_key(q, k, v, out, lse if return_lse else None, return_lse, q_scale, k_scale, v_scale, sinks) \
+            if not (args or o_scale is not None or kv_cache_sf is not None) else None
+        done = self._replayed(key, dict(q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, sinks_ptr=sinks),
+                              return_lse)
+        if done is not None:
+            return done
         if args or o_scale is not None or kv_cache_sf is not None:
             raise NotImplementedError("extra positional arguments, o_scale and kv_cache_sf are not supported")
         V.check_tensor("k", k, 3)
@@ -207,7 +236,10 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         V.check_last_dim_contiguous("k", k)
         V.check_last_dim_contiguous("v", v)
         strides = (0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1))
-        return self._run(q, k, v, None, strides, q_scale, k_scale, v_scale, out, lse, return_lse, None, sinks)
+        result = self._run(q, k, v, None, strides, q_scale, k_scale, v_scale, out, lse, return_lse, None, sinks)
+        if self._replay is not None:
+            self._replay_key = key
+        return result
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
 
@@ -267,6 +299,12 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
             **unsupported: Any) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """q [qo_indptr[-1], H_qo, D]; returns out [qo_indptr[-1], H_qo, D] (and the base-2 lse).
         sinks [H_qo]: attention-sink logits, as in the ragged wrapper's run()."""
+        key = replay_key(q, out, lse if return_lse else None, return_lse, q_scale, k_scale, v_scale, window_left,
+                         sinks) if not (args or kv_cache_sf is not None or unsupported) else None
+        if _same_cache(paged_kv_cache, self._replay_cache):
+            done = self._replayed(key, dict(q_ptr=q, o_ptr=out, lse_ptr=lse, sinks_ptr=sinks), return_lse)
+            if done is not None:
+                return done
         if args or kv_cache_sf is not None or unsupported:
             raise NotImplementedError("extra positional arguments, kv_cache_sf and "
                                       f"{sorted(unsupported)} are not supported")
@@ -279,8 +317,12 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
                              f"{cache.head_dim}")
         strides = (cache.stride_page, cache.stride_tok, cache.stride_head,
                    cache.v_stride_page, cache.v_stride_tok, cache.v_stride_head)
-        return self._run(q, cache.k, cache.v, self._kv_indices, strides, q_scale, k_scale, v_scale, out, lse,
-                         return_lse, window_left, sinks)
+        result = self._run(q, cache.k, cache.v, self._kv_indices, strides, q_scale, k_scale, v_scale, out, lse,
+                           return_lse, window_left, sinks)
+        if self._replay is not None:
+            self._replay_key = key
+            self._replay_cache = tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else paged_kv_cache
+        return result
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
 

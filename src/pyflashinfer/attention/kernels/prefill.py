@@ -36,7 +36,7 @@ def attention_fwd_kernel(
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, USE_ROPE: tl.constexpr,
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
     DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr, KV_TMA: tl.constexpr, HAS_SINKS: tl.constexpr,
-    WARP_SPEC: tl.constexpr,
+    WARP_SPEC: tl.constexpr, TWO_PHASE: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -109,22 +109,23 @@ def attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DVO], dtype=tl.float32)
 
-    # Two phases: whole tiles every row of the tile sees (no mask, no bounds: most of a causal
-    # prefill), then the rest with every mask applied (the diagonal, the tail, windows, masks).
-    # WARP_SPEC (with KV_TMA) lets the compiler give the first phase's loads to producer warps.
+    # TWO_PHASE: first the whole tiles every row of the tile sees (no mask, no bounds: most of
+    # a causal prefill), then the rest with every mask applied (the diagonal, the tail, windows,
+    # masks); else every tile masked. WARP_SPEC (with KV_TMA) gives the first phase's loads to
+    # producer warps.
     full_hi = lo
-    if not (HAS_MASK or HAS_WINDOW):
+    if TWO_PHASE and not (HAS_MASK or HAS_WINDOW):
         seen_by_all = hi
         if IS_CAUSAL:
             seen_by_all = tl.minimum(hi, first_row // group_size + (kv_len - qo_len) + 1)
         full_hi = lo + tl.maximum(seen_by_all - lo, 0) // BLOCK_N * BLOCK_N
-    for start_n in tl.range(lo, full_hi, BLOCK_N, warp_specialize=WARP_SPEC):
-        acc, m_i, l_i = attend_tile(
-            acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
-            mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
-            stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
-            HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, False, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
-            HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
+        for start_n in tl.range(lo, full_hi, BLOCK_N, warp_specialize=WARP_SPEC):
+            acc, m_i, l_i = attend_tile(
+                acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
+                mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
+                stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
+                HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, False, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
+                HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
     for start_n in range(full_hi, hi, BLOCK_N):
         acc, m_i, l_i = attend_tile(
             acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
