@@ -46,6 +46,9 @@ RAGGED = [
     ("rope-alibi-g5", [12, 7], [40, 7], 10, 2, 64, BF16, dict(causal=True, pos_encoding_mode="ROPE_LLAMA")),
     ("alibi", [12, 3], [12, 30], 8, 4, 64, F16, dict(causal=True, pos_encoding_mode="ALIBI")),
     ("empty-kv", [4, 6], [0, 6], 4, 2, 64, F16, dict(causal=False)),
+    ("split-causal", [10, 3, 0], [600, 3, 400], 8, 2, 64, BF16, dict(causal=True)),
+    ("split-g3-noncausal", [5, 70], [700, 70], 6, 2, 64, F16, {}),
+    ("split-window", [9], [650], 4, 1, 64, F16, dict(causal=True, window_left=300)),
 ]
 
 
@@ -57,13 +60,14 @@ def test_ragged_prefill(case, device):
     vs = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_lens]
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
     w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=dtype, **kw)
+    assert (w.plan_value.num_partials > 0) == ("split" in case[0])
     out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
     _check(out, lse, qs, ks, vs, dtype, **kw)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["bool-mask", "packed-mask"])
 def test_ragged_custom_mask(packed, device):
-    qo_lens, kv_lens, h_qo, h_kv, d = [9, 3, 14], [20, 3, 14], 4, 2, 64
+    qo_lens, kv_lens, h_qo, h_kv, d = [9, 3, 14], [600, 3, 14], 4, 2, 64  # the first request splits
     qs = [torch.randn(n, h_qo, d, device=device).half() for n in qo_lens]
     ks = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
     vs = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
@@ -79,6 +83,7 @@ def test_ragged_custom_mask(packed, device):
         mk = dict(custom_mask=flat)
     w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=True,
            q_data_type=F16, **mk)
+    assert w.plan_value.num_partials > 0
     out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
     _check(out, lse, qs, ks, vs, F16, masks=masks)
     assert torch.all(out[2] == 0) and torch.all(lse[2] == float("-inf"))
@@ -91,6 +96,9 @@ PAGED = [
     ("p5-g7", [6, 2], [11, 30], 7, 1, 64, 5, F16, F16, "NHD", dict(causal=True)),
     ("fp8", [10, 4], [70, 4], 8, 2, 128, 16, F16, E4M3, "NHD", dict(causal=True)),
     ("d256-window", [9], [33], 4, 2, 256, 16, BF16, BF16, "NHD", dict(causal=True, window_left=5)),
+    ("fixed-split-p16", [6, 20, 1], [300, 20, 45], 8, 2, 64, 16, F16, F16, "NHD",
+     dict(causal=True, fixed_split_size=4)),
+    ("split-p1-alibi", [4, 2], [520, 9], 4, 2, 64, 1, BF16, BF16, "HND", dict(causal=True, pos_encoding_mode="ALIBI")),
 ]
 
 
@@ -103,16 +111,17 @@ def test_paged_prefill(case, device):
     w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_ws(device), layout)
     w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, q_data_type=dtype,
            kv_data_type=kv_dtype, **kw)
+    assert (w.plan_value.num_partials > 0) == ("split" in case[0])
     scales = dict(k_scale=kv_scale, v_scale=kv_scale) if kv_dtype in FP8 else {}
     out, lse = w.run(torch.cat(qs), paged, return_lse=True, **scales)
-    _check(out, lse, qs, ks, vs, dtype, **scales, **kw)
+    _check(out, lse, qs, ks, vs, dtype, **scales, **{k: v for k, v in kw.items() if k != "fixed_split_size"})
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
 def test_prefill_sinks(paged, device):
     """Attention sinks (one logit per qo head in the denominator), with a fully masked row
     (window) and an empty KV: out 0 there, lse = the sink's (base 2)."""
-    qo_lens, kv_lens, h_qo, h_kv, d = [6, 3, 2], [70, 3, 0], 6, 2, 64
+    qo_lens, kv_lens, h_qo, h_kv, d = [6, 3, 2], [700, 3, 0], 6, 2, 64  # the first request splits
     sinks = torch.randn(h_qo, device=device) * 2
     qs = [torch.randn(n, h_qo, d, device=device).half() for n in qo_lens]
     kw = dict(causal=True, window_left=20)
@@ -127,6 +136,7 @@ def test_prefill_sinks(paged, device):
         w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16, **kw)
         out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), sinks=sinks, return_lse=True)
+    assert w.plan_value.num_partials > 0
     _check(out, lse, qs, ks, vs, F16, sinks=sinks, **kw)
     assert torch.all(out[-2:] == 0)
     torch.testing.assert_close(lse[-1], sinks / torch.log(torch.tensor(2.0)))

@@ -56,7 +56,8 @@ def _paged_decode_launch(
         attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
                       mask_indptr_ptr=None, qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=block_m,
                       IS_CAUSAL=q_len_per_req > 1, HAS_MASK=False, DOT_F16=k.element_size() == 1,
-                      HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, TWO_PHASE=two_phase, **common)
+                      HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, TWO_PHASE=two_phase,
+                      part_indptr_ptr=None, PARTIALS_BY_TOKEN=False, **common)
     else:
         attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)
@@ -122,32 +123,42 @@ def paged_decode(**kwargs) -> Optional[list]:
 
 def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: Optional[torch.Tensor],
                    strides: tuple, out: torch.Tensor, lse: Optional[torch.Tensor], alibi: Optional[torch.Tensor],
-                   sinks: Optional[torch.Tensor], sm_scale: float, v_scale: float):
-    """One launch over a PrefillPlan's work list. strides: (k page, k token, k head, v page,
-    v token, v head) in elements (page strides unused for a ragged KV). Returns the launch's
-    Replay (None on CPU or when there is no work)."""
+                   sinks: Optional[torch.Tensor], sm_scale: float, v_scale: float) -> list:
+    """The launches of a PrefillPlan: attention over its work list, then the merge of split
+    requests' partial states. strides: (k page, k token, k head, v page, v token, v head) in
+    elements (page strides unused for a ragged KV). Returns [(Replay or None, the pointer
+    arguments it takes from run())] (empty when there is no work)."""
     if plan.num_work == 0:
-        return None
+        return []
     var = plan.variant
     sec = [plan.buffer[section(plan.batch_size, plan.num_work, i)[0]:] for i in range(4)]
     kp, kn, kh, vp, vn, vh = strides
     use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
-    return launch(
+    split = plan.num_partials > 0
+    part_o, part_lse = plan.part_o, plan.part_lse
+    attn = launch(
         attention_fwd_kernel, (plan.num_work, plan.num_kv_heads, 1), num_warps=plan.num_warps,
         num_stages=plan.num_stages,
         q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, mask_ptr=plan.packed_mask,
-        mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, sinks_ptr=sinks, work_ptr=plan.buffer, qo_indptr_ptr=sec[3],
-        seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices, part_o_ptr=None, part_lse_ptr=None,
+        mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, sinks_ptr=sinks, work_ptr=plan.buffer,
+        qo_indptr_ptr=sec[3], seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices,
+        part_o_ptr=part_o, part_lse_ptr=part_lse, part_indptr_ptr=plan.part_indptr if split else None,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=kp, stride_kn=kn, stride_kh=kh,
         stride_vpage=vp, stride_vn=vn, stride_vh=vh, stride_os=0, stride_on=out.stride(0), stride_oh=out.stride(1),
         stride_ls=0, stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
-        stride_w=plan.num_work, stride_pn=0, stride_ph=0, stride_pln=0, stride_plh=0,
+        stride_w=plan.num_work, stride_pn=part_o.stride(0) if split else 0, stride_ph=part_o.stride(1) if split else 0,
+        stride_pln=part_lse.stride(0) if split else 0, stride_plh=part_lse.stride(1) if split else 0,
         qo_len=0, kv_len=0, group_size=plan.num_qo_heads // plan.num_kv_heads, kv_chunk=0,
         HEAD_DIM_QK=plan.head_dim_qk, HEAD_DIM_VO=plan.head_dim_vo, BLOCK_DQK=_pow2(plan.head_dim_qk),
         BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
         IS_CAUSAL=var.causal and plan.packed_mask is None, HAS_MASK=plan.packed_mask is not None,
         WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
-        DOT_F16=k.element_size() == 1, HAS_PARTIALS=False, HAS_SINKS=sinks is not None,
-        KV_TMA=use_tma, WARP_SPEC=use_tma and plan.warp_spec, TWO_PHASE=True,
+        DOT_F16=k.element_size() == 1, HAS_PARTIALS=split, HAS_SINKS=sinks is not None,
+        KV_TMA=use_tma, WARP_SPEC=use_tma and plan.warp_spec, TWO_PHASE=True, PARTIALS_BY_TOKEN=True,
         **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(),
     )
+    replays = [(attn, ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr", "sinks_ptr"))]
+    if split:
+        merge = merge_states_into(part_o, part_lse, out, lse, indptr=plan.part_indptr, sinks=sinks)
+        replays.append((merge, ("o_ptr", "lse_ptr", "sinks_ptr")))
+    return replays

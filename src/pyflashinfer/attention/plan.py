@@ -102,22 +102,22 @@ def max_work_items(batch_size: int, num_kv_heads: int, num_sms: int, row_tiles: 
     return max(batch_size * row_tiles, triton.cdiv(2 * num_sms, num_kv_heads))
 
 
-def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk: int, num_sms: int, block_n: int, min_chunk: int,
+def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk, num_sms: int, block_n: int, min_chunk: int,
                  fixed_split_tokens: Optional[int], disable_split: bool) -> int:
     """Tokens per work item: the smallest multiple of block_n (>= min_chunk) for which the
     launch stays within two waves of programs; no split when the batch alone fills them.
-    programs_per_chunk: KV heads x row tiles."""
+    programs_per_chunk: KV heads x row tiles, one int for all requests or a tensor [B]."""
     max_len = int(seq_lens.max()) if seq_lens.numel() else 0
     whole = max(triton.cdiv(max(max_len, 1), block_n) * block_n, block_n)
     if fixed_split_tokens is not None:
         return fixed_split_tokens
     target = 2 * num_sms
-    batch = seq_lens.numel()
-    if disable_split or batch * programs_per_chunk >= target or max_len <= min_chunk:
+    per_request = programs_per_chunk * torch.ones_like(seq_lens)
+    if disable_split or int(per_request.sum()) >= target or max_len <= min_chunk:
         return whole
 
     def programs(chunk: int) -> int:
-        return int(torch.clamp((seq_lens + chunk - 1) // chunk, min=1).sum()) * programs_per_chunk
+        return int((torch.clamp((seq_lens + chunk - 1) // chunk, min=1) * per_request).sum())
 
     lo, hi = triton.cdiv(min_chunk, block_n), whole // block_n  # in units of block_n
     while lo < hi:
@@ -172,7 +172,8 @@ def build_decode_buffer(seq_lens: torch.Tensor, kv_indptr: torch.Tensor, chunk: 
 @dataclass(frozen=True)
 class PrefillPlan:
     """A batch prefill plan: every request's packed (token, head-in-group) rows cut into
-    BLOCK_M tiles, one work item per tile over the request's whole KV range (no KV split yet)."""
+    BLOCK_M tiles; one work item per tile and KV chunk (requests longer than kv_chunk are split
+    when the batch alone would not fill the GPU; see build_prefill_buffer)."""
     batch_size: int
     num_qo_heads: int
     num_kv_heads: int
@@ -188,51 +189,75 @@ class PrefillPlan:
     num_warps: int
     num_stages: int
     warp_spec: bool
+    kv_chunk: int            # KV tokens per work item of a split request
     num_work: int
+    num_partials: int        # partial rows the split requests write (merged after the launch)
     total_qo: int
     total_kv: int            # tokens (ragged) or pages (paged) the page table names
     buffer: torch.Tensor = field(repr=False)
+    part_o: Optional[torch.Tensor] = field(repr=False, default=None)    # fp32 [partial rows, H_qo, D_vo]
+    part_lse: Optional[torch.Tensor] = field(repr=False, default=None)  # fp32 [partial rows, H_qo]
     packed_mask: Optional[torch.Tensor] = field(repr=False, default=None)
     mask_indptr: Optional[torch.Tensor] = field(repr=False, default=None)
+
+    @property
+    def part_indptr(self) -> torch.Tensor:
+        """[total_qo + 1]: token t's partial rows (token-major; none for unsplit requests)."""
+        return self.buffer[buffer_len(self.batch_size, max(self.num_work, 1)):]
 
     def __repr__(self) -> str:
         kind = f"paged (page_size={self.page_size})" if self.page_size else "ragged"
         return (f"PrefillPlan(batch={self.batch_size}, {kind}, heads={self.num_qo_heads}/{self.num_kv_heads}, "
                 f"head_dim={self.head_dim_qk}/{self.head_dim_vo}, {self.total_qo} query tokens, "
-                f"{self.num_work} work items of BLOCK_M={self.block_m}, grid=({self.num_work}, {self.num_kv_heads}), "
+                f"{self.num_work} work items of BLOCK_M={self.block_m}, kv_chunk={self.kv_chunk}, "
+                f"{self.num_partials} partial rows, grid=({self.num_work}, {self.num_kv_heads}), "
                 f"causal={self.variant.causal}, custom mask={self.packed_mask is not None}, "
                 f"dtypes q={self.q_dtype} kv={self.kv_dtype} o={self.o_dtype})")
 
 
 def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_lens: torch.Tensor, group: int,
-                         block_m: int, causal: bool, pin: bool) -> tuple[torch.Tensor, int]:
-    """The plan's int32 host buffer (same sections as a decode plan's) and the work count.
-    Work items come heaviest first (most keys to visit), so the short tiles of a causal prefill
-    fill in behind the long ones instead of leaving SMs idle at the end."""
+                         block_m: int, causal: bool, chunk: int, pin: bool) -> tuple[torch.Tensor, int, int]:
+    """The plan's int32 host buffer, its work count and its partial-row count.
+
+    Every request's rows are cut into BLOCK_M tiles; a request longer than `chunk` KV tokens is
+    split into chunks, one work item per (row tile, chunk), each writing partial states (slot =
+    chunk index). A split request's token t owns partial rows part_indptr[t] .. + chunks
+    (token-major), part_indptr [total_qo + 1] being the buffer's last section. Work items come
+    heaviest first (most keys to visit), so the short tiles of a causal prefill fill in behind
+    the long ones instead of leaving SMs idle at the end."""
     batch = seq_lens.numel()
     qo_lens = (qo_indptr[1:] - qo_indptr[:-1]).to(torch.int32)
     tiles = (qo_lens * group + block_m - 1) // block_m
-    num_work = int(tiles.sum())
+    chunks = torch.where(seq_lens > chunk, (seq_lens + chunk - 1) // chunk, 1).to(torch.int32)
+    items = tiles * chunks
+    num_work = int(items.sum())
     max_work = max(num_work, 1)
-    req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), tiles)
-    first = torch.cumsum(tiles, 0) - tiles
-    m_tile = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(first, tiles).to(torch.int32)
+    req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), items)
     r = req.long()
-    keys = seq_lens[r]
+    within = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(torch.cumsum(items, 0) - items, items)
+    m_tile, j = within // chunks[r], within % chunks[r]
+    split = chunks[r] > 1
+    lo = torch.where(split, j * chunk, 0)
+    hi = torch.where(split, torch.minimum(lo + chunk, seq_lens[r]), seq_lens[r])
+    end = hi
     if causal:  # the tile's last row sees up to its token's position (bottom-right aligned)
         last_row = torch.minimum((m_tile + 1) * block_m, qo_lens[r] * group) - 1
-        keys = torch.minimum(keys, (last_row // group + keys - qo_lens[r] + 1).clamp(min=0))
-    order = torch.argsort(keys, descending=True, stable=True)
-    req, m_tile = req[order], m_tile[order]
-    buf = torch.empty(buffer_len(batch, max_work), dtype=torch.int32, pin_memory=pin)
+        end = torch.minimum(hi, (last_row // group + seq_lens[r] - qo_lens[r] + 1).clamp(min=0))
+    order = torch.argsort((end - lo).clamp(min=0), descending=True, stable=True)
+    total_qo = int(qo_indptr[-1])
+    per_token = torch.repeat_interleave(torch.where(chunks > 1, chunks, 0), qo_lens.long())
+    part_indptr = torch.zeros(total_qo + 1, dtype=torch.int32)
+    part_indptr[1:] = torch.cumsum(per_token, 0)
+
+    buf = torch.empty(buffer_len(batch, max_work) + total_qo + 1, dtype=torch.int32, pin_memory=pin)
     work = buf[: WORK_FIELDS * max_work].view(WORK_FIELDS, max_work)
     work.fill_(0)
     work[0].fill_(-1)
-    work[0, :num_work] = req
-    work[1, :num_work] = m_tile
-    work[3, :num_work] = seq_lens[req.long()]
     work[4].fill_(-1)
+    for f, values in enumerate((req, m_tile, lo, hi, torch.where(split, j, -1))):
+        work[f, :num_work] = values[order]
     for i, values in enumerate((seq_lens, torch.zeros(batch + 1, dtype=torch.int32), kv_indptr, qo_indptr)):
         start, length = section(batch, max_work, i)
         buf[start: start + length] = values
-    return buf, max_work
+    buf[buffer_len(batch, max_work):] = part_indptr
+    return buf, max_work, int(part_indptr[-1])

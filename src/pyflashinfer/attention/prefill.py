@@ -18,12 +18,12 @@ from .. import _validate as V
 from ..packbits import segment_packbits
 from .._launch import empty_output, replay_key
 from ..page import PagedKVCache, unpack_paged_kv_cache
-from ..utils import PosEncodingMode, get_alibi_slopes
+from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import prefill_launch
 from .decode import _same_cache
 from .host_checks import host_indptr, host_page_table, planned_dtypes, run_outputs
 from .launch import Variant, _pow2, prefill_tile
-from .plan import PrefillPlan, build_prefill_buffer
+from .plan import PrefillPlan, build_prefill_buffer, choose_chunk
 
 _BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
 
@@ -40,6 +40,7 @@ class _BatchPrefillWrapper:
         if backend not in _BACKENDS:
             raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
         self._layout = kv_layout
+        self._workspace = float_workspace_buffer
         self._device = float_workspace_buffer.device
         self._plan: Optional[PrefillPlan] = None
         self._replay = self._replay_key = self._replay_cache = None  # run()'s last launch (GPU)
@@ -53,6 +54,8 @@ class _BatchPrefillWrapper:
         return self._plan
 
     def reset_workspace_buffer(self, float_workspace_buffer, int_workspace_buffer=None) -> None:
+        """Takes effect at the next plan()."""
+        self._workspace = float_workspace_buffer
         self._device = float_workspace_buffer.device
 
     def end_forward(self) -> None:
@@ -61,7 +64,7 @@ class _BatchPrefillWrapper:
     def _make_plan(self, qo_indptr, kv_indptr_h, seq_lens_h, page_size, num_qo_heads, num_kv_heads, head_dim_qk,
                    head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale, window_left,
                    logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type,
-                   non_blocking) -> None:
+                   non_blocking, fixed_split_size, disable_split_kv) -> None:
         V.check_heads(num_qo_heads, num_kv_heads)
         head_dim_vo = head_dim_qk if head_dim_vo is None else head_dim_vo
         V.check_head_dim("head_dim_qk", head_dim_qk)
@@ -103,10 +106,26 @@ class _BatchPrefillWrapper:
         max_rows = int(qo_lens.max()) * group if batch else 1
         tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1),
                             mode == PosEncodingMode.ROPE_LLAMA)
-        host, num_work = build_prefill_buffer(qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m,
-                                              causal=bool(causal) and packed is None, pin=self._device.type == "cuda")
+        tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
+        min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
+        chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, num_sms(self._device), tile.block_n, min_chunk,
+                             None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
+                             disable_split_kv)
+        host, num_work, num_partials = build_prefill_buffer(
+            qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m, causal=bool(causal) and packed is None,
+            chunk=chunk, pin=self._device.type == "cuda")
         buf = torch.empty(host.numel(), dtype=torch.int32, device=self._device)
         buf.copy_(host, non_blocking=non_blocking)
+        part_o = part_lse = None
+        if num_partials:  # split requests' partial states live in the float workspace
+            need = num_partials * num_qo_heads * (head_dim_vo + 1) * 4
+            have = self._workspace.numel() * self._workspace.element_size()
+            if have < need:
+                raise ValueError(f"float_workspace_buffer: this plan needs {need} bytes for split-KV partial states, "
+                                 f"the buffer has {have}; pass a larger one or disable_split_kv=True")
+            ws = self._workspace.view(torch.uint8)[:need].view(torch.float32)
+            part_o = ws[: num_partials * num_qo_heads * head_dim_vo].view(num_partials, num_qo_heads, head_dim_vo)
+            part_lse = ws[num_partials * num_qo_heads * head_dim_vo:].view(num_partials, num_qo_heads)
         self._plan = PrefillPlan(
             batch_size=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim_qk=head_dim_qk,
             head_dim_vo=head_dim_vo, page_size=page_size, q_dtype=q_dtype, kv_dtype=kv_dtype, o_dtype=o_dtype,
@@ -117,9 +136,9 @@ class _BatchPrefillWrapper:
                             rope_theta=1e4 if rope_theta is None else float(rope_theta),
                             use_alibi=mode == PosEncodingMode.ALIBI),
             block_m=tile.block_m, block_n=tile.block_n, num_warps=tile.num_warps, num_stages=tile.num_stages,
-            warp_spec=tile.warp_spec,
-            num_work=num_work if int(qo_h[-1]) else 0, total_qo=int(qo_h[-1]), total_kv=int(kv_indptr_h[-1]),
-            buffer=buf, packed_mask=packed, mask_indptr=mask_indptr)
+            warp_spec=tile.warp_spec, kv_chunk=chunk, num_work=num_work if int(qo_h[-1]) else 0,
+            num_partials=num_partials, total_qo=int(qo_h[-1]), total_kv=int(kv_indptr_h[-1]), buffer=buf,
+            part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr)
         self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
         self._replay = self._replay_key = self._replay_cache = None
 
@@ -137,7 +156,8 @@ class _BatchPrefillWrapper:
         if return_lse and lse is None:
             lse = tensors["lse_ptr"] = empty_output(plan.total_qo, plan.num_qo_heads, dtype=torch.float32,
                                                     device=self._device)
-        self._replay(**tensors)
+        for replay, names in self._replay:
+            replay(**{n: tensors[n] for n in names if n in tensors})
         return (out, lse) if return_lse else out
 
     def _run(self, q, k, v, kv_indices, strides, q_scale, k_scale, v_scale, out, lse, return_lse, window_left,
@@ -166,8 +186,10 @@ class _BatchPrefillWrapper:
                                plan.o_dtype, self._device)
         sm_scale = plan.variant.sm_scale * (1.0 if q_scale is None else float(q_scale)) * \
             (1.0 if k_scale is None else float(k_scale))
-        self._replay = prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sinks, sm_scale,
-                                      1.0 if v_scale is None else float(v_scale))
+        replays = prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sinks, sm_scale,
+                                 1.0 if v_scale is None else float(v_scale))
+        if replays and all(r is not None for r, _ in replays):
+            self._replay = replays
         return (out, lse) if return_lse else out
 
 
@@ -202,7 +224,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         self._make_plan(qo_indptr, kv_h, (kv_h[1:] - kv_h[:-1]).to(torch.int32), 0, num_qo_heads, num_kv_heads,
                         head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale,
                         window_left, logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type,
-                        non_blocking)
+                        non_blocking, fixed_split_size, disable_split_kv)
 
     begin_forward = plan
 
@@ -288,7 +310,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
         self._kv_indices = paged_kv_indices
         self._make_plan(qo_indptr, indptr_h, seq, page_size, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
                         custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale, window_left,
-                        logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type, non_blocking)
+                        logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type, non_blocking,
+                        fixed_split_size, disable_split_kv)
 
     begin_forward = plan
 

@@ -9,7 +9,9 @@ Two ways to name the work of a program (axis 0), by BATCHED:
   stride_os/stride_ls != 0 each split writes its partial state to a workspace for merge.py.
 - batch plan: axis 0 indexes a work list (request, row tile, kv range, partial slot) built
   on the host (plan.py); requests come from qo_indptr/seq_lens, KV through a page table
-  (PAGED) or contiguous per request (kv_indptr in tokens).
+  (PAGED) or contiguous per request (kv_indptr in tokens). A split request's items write
+  partial states (HAS_PARTIALS): decode plans put a chunk's tokens side by side from its slot,
+  prefill plans (PARTIALS_BY_TOKEN) put token t's chunks at part_indptr[t] + slot.
 Axis 1 is the KV head. With DOT_F16 (fp8 KV) both products run in fp16, whatever q's dtype:
 exact for the fp8 values, and p in [0, 1] keeps more bits than in bf16; q must stay within
 fp16's range (|q| < 65504).
@@ -23,7 +25,7 @@ from .common import finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_w
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
 def attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr, sinks_ptr,
-    work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr,
+    work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
@@ -36,7 +38,7 @@ def attention_fwd_kernel(
     HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr, USE_ROPE: tl.constexpr,
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
     DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr, KV_TMA: tl.constexpr, HAS_SINKS: tl.constexpr,
-    WARP_SPEC: tl.constexpr, TWO_PHASE: tl.constexpr,
+    WARP_SPEC: tl.constexpr, TWO_PHASE: tl.constexpr, PARTIALS_BY_TOKEN: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -143,7 +145,10 @@ def attention_fwd_kernel(
     mask_o = mask_m[:, None] & mask_dvo[None, :]
     if HAS_PARTIALS:  # batch plans that split KV: slot >= 0 writes a partial state
         if slot >= 0:
-            p_row = (slot + tok).to(tl.int64)
+            if PARTIALS_BY_TOKEN:  # prefill: token t's chunks sit at part_indptr[t] + chunk (slot)
+                p_row = (tl.load(part_indptr_ptr + q_start + tok, mask=mask_m, other=0) + slot).to(tl.int64)
+            else:  # decode: a chunk's tokens sit side by side from its slot
+                p_row = (slot + tok).to(tl.int64)
             tl.store(part_o_ptr + p_row[:, None] * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :],
                      out, mask=mask_o)
             tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_m)
