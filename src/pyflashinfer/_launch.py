@@ -98,6 +98,15 @@ class Replay:
               None, None, None, *args)
 
 
+def _check_names(kernel, kwargs: dict) -> None:
+    """The interpreter ignores keyword arguments a kernel does not take; the GPU launcher
+    rejects them. Reject them here too."""
+    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"{kernel.__name__ if hasattr(kernel, '__name__') else kernel}: unexpected arguments {unknown}")
+
+
 def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -> Optional[Replay]:
     """kernel[grid](**kwargs) with launch options; records the variant when asked to.
 
@@ -108,6 +117,7 @@ def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -
     if _RECORD_DIR:
         _record(kernel, kwargs, num_warps, num_stages)
     if _INTERPRETING:
+        _check_names(kernel, kwargs)
         kernel[grid](**kwargs, num_warps=num_warps, num_stages=num_stages)
         return None
     device = torch.cuda.current_device()

@@ -37,6 +37,14 @@ def _check(out, lse, qs, ks, vs, dtype, masks=None, **kw):
         start += n
 
 
+def _assert_split(w, case_id):
+    """Cases named *split* split their long requests: under the interpreter (8 SMs, short
+    chunks) by themselves, on a GPU when the case fixes the split (*fixed*)."""
+    if torch.cuda.is_available() and "fixed" not in case_id:
+        return
+    assert (w.plan_value.num_partials > 0) == ("split" in case_id)
+
+
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, dtype, kwargs)
 RAGGED = [
     ("causal-mixed", [5, 0, 40, 1], [5, 3, 100, 77], 8, 2, 64, F16, dict(causal=True)),
@@ -47,7 +55,7 @@ RAGGED = [
     ("alibi", [12, 3], [12, 30], 8, 4, 64, F16, dict(causal=True, pos_encoding_mode="ALIBI")),
     ("empty-kv", [4, 6], [0, 6], 4, 2, 64, F16, dict(causal=False)),
     ("split-causal", [10, 3, 0], [600, 3, 400], 8, 2, 64, BF16, dict(causal=True)),
-    ("split-g3-noncausal", [5, 70], [700, 70], 6, 2, 64, F16, {}),
+    ("split-g3-noncausal-fixed", [5, 70], [700, 70], 6, 2, 64, F16, dict(fixed_split_size=256)),
     ("split-window", [9], [650], 4, 1, 64, F16, dict(causal=True, window_left=300)),
 ]
 
@@ -60,9 +68,9 @@ def test_ragged_prefill(case, device):
     vs = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_lens]
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
     w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=dtype, **kw)
-    assert (w.plan_value.num_partials > 0) == ("split" in case[0])
+    _assert_split(w, case[0])
     out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
-    _check(out, lse, qs, ks, vs, dtype, **kw)
+    _check(out, lse, qs, ks, vs, dtype, **{k: v for k, v in kw.items() if k != "fixed_split_size"})
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["bool-mask", "packed-mask"])
@@ -82,7 +90,7 @@ def test_ragged_custom_mask(packed, device):
     else:
         mk = dict(custom_mask=flat)
     w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=True,
-           q_data_type=F16, **mk)
+           q_data_type=F16, fixed_split_size=256, **mk)
     assert w.plan_value.num_partials > 0
     out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
     _check(out, lse, qs, ks, vs, F16, masks=masks)
@@ -111,7 +119,7 @@ def test_paged_prefill(case, device):
     w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_ws(device), layout)
     w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, q_data_type=dtype,
            kv_data_type=kv_dtype, **kw)
-    assert (w.plan_value.num_partials > 0) == ("split" in case[0])
+    _assert_split(w, case[0])
     scales = dict(k_scale=kv_scale, v_scale=kv_scale) if kv_dtype in FP8 else {}
     out, lse = w.run(torch.cat(qs), paged, return_lse=True, **scales)
     _check(out, lse, qs, ks, vs, dtype, **scales, **{k: v for k, v in kw.items() if k != "fixed_split_size"})
@@ -125,16 +133,19 @@ def test_prefill_sinks(paged, device):
     sinks = torch.randn(h_qo, device=device) * 2
     qs = [torch.randn(n, h_qo, d, device=device).half() for n in qo_lens]
     kw = dict(causal=True, window_left=20)
+    split = dict(fixed_split_size=256 // 16 if paged else 256)
     if paged:
         cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, 16, F16, device, "NHD")
         w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_ws(device))
-        w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, 16, q_data_type=F16, **kw)
+        w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, 16, q_data_type=F16, **kw,
+               **split)
         out, lse = w.run(torch.cat(qs), cache, sinks=sinks, return_lse=True)
     else:
         ks = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
         vs = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
         w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
-        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16, **kw)
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16,
+               **kw, **split)
         out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), sinks=sinks, return_lse=True)
     assert w.plan_value.num_partials > 0
     _check(out, lse, qs, ks, vs, F16, sinks=sinks, **kw)

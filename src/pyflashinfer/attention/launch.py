@@ -158,7 +158,7 @@ def _split(kv_len, num_splits, num_programs, block_n, device):
 
 
 # Arguments of the batch-plan mode that a single-request launch leaves unused.
-_NO_BATCH = dict(sinks_ptr=None, HAS_SINKS=False, part_indptr_ptr=None, PARTIALS_BY_TOKEN=False, work_ptr=None, seq_lens_ptr=None, kv_indptr_ptr=None, kv_indices_ptr=None,
+_NO_BATCH = dict(sinks_ptr=None, HAS_SINKS=False, work_ptr=None, seq_lens_ptr=None, kv_indptr_ptr=None, kv_indices_ptr=None,
                  part_o_ptr=None, part_lse_ptr=None, stride_w=0, stride_pn=0, stride_ph=0,
                  stride_pln=0, stride_plh=0, stride_kpage=0, stride_vpage=0,
                  BATCHED=False, PAGED=False, PAGE_SIZE=1)
@@ -193,7 +193,8 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
         IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
         WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
-        KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec, TWO_PHASE=True,
+        KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec, TWO_PHASE=True, part_indptr_ptr=None,
+        PARTIALS_BY_TOKEN=False,
         **variant.kernel_args(),
     )
     if num_splits > 1:
