@@ -169,7 +169,7 @@ def test_prefill_rejects_bad_input(device):
     with pytest.raises(ValueError, match="entries"):
         w.plan(_i32([0, 3], device), _i32([0, 5], device), 4, 2, 64,
                custom_mask=torch.ones(14, dtype=torch.bool, device=device))
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="qo_indptr_buf"):
         flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device), use_cuda_graph=True)
 
 
@@ -207,3 +207,103 @@ def test_repeated_runs_replay_launches(paged, device):
             out, lse = w.run(torch.cat(qs), *args, return_lse=True, sinks=sinks)
         _check(out, lse, qs, ks, vs, BF16, sinks=sinks, **kw)
     assert w._replay_key is not None, "the fast path should be armed"
+
+
+def _graph_wrapper(paged, batch, n_pages, device):
+    i32 = dict(dtype=torch.int32, device=device)
+    if paged:
+        return flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            _ws(device), use_cuda_graph=True, qo_indptr_buf=torch.empty(batch + 1, **i32),
+            paged_kv_indptr_buf=torch.empty(batch + 1, **i32), paged_kv_indices_buf=torch.empty(n_pages, **i32),
+            paged_kv_last_page_len_buf=torch.empty(batch, **i32))
+    return flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
+        _ws(device), use_cuda_graph=True, qo_indptr_buf=torch.empty(batch + 1, **i32),
+        kv_indptr_buf=torch.empty(batch + 1, **i32))
+
+
+def _graph_plan_and_run(w, paged, qo_lens, kv_lens, q_rows, device, h_qo=8, h_kv=2, d=64, run=True):
+    """Plan a CUDA-graph wrapper for these lengths; optionally run on a q of q_rows rows (the
+    captured size) and check the planned rows."""
+    qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
+    q = torch.cat(qs + [torch.randn(q_rows - sum(qo_lens), h_qo, d, device=device).to(BF16)])
+    if paged:
+        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, 16, BF16, device)
+        w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, 16, causal=True,
+               q_data_type=BF16)
+        args = (cache,)
+    else:
+        ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
+        vs = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=True,
+               q_data_type=BF16)
+        args = (torch.cat(ks), torch.cat(vs))
+    if run:
+        out, lse = w.run(q, *args, return_lse=True)
+        _check(out, lse, qs, ks, vs, BF16, causal=True)
+    return q, args, qs, ks, vs
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
+def test_cuda_graph_mode_replans(paged, device):
+    """The CUDA-graph code path (nothing captured here): the first plan fixes the batch, the
+    token bound, the grid and the plan buffer; later plans with other lengths reuse them."""
+    w = _graph_wrapper(paged, 3, 64, device)
+    _graph_plan_and_run(w, paged, [5, 9, 2], [5, 40, 30], 16, device)
+    first = w.plan_value
+    for qo_lens, kv_lens in (([1, 12, 3], [100, 12, 3]), ([2, 0, 2], [2, 7, 90])):
+        _graph_plan_and_run(w, paged, qo_lens, kv_lens, 16, device)
+        plan = w.plan_value
+        assert plan.buffer is first.buffer and plan.num_work == first.num_work and plan.num_partials == 0
+    with pytest.raises(ValueError, match="query tokens"):
+        _graph_plan_and_run(w, paged, [10, 9, 2], [10, 9, 2], 21, device, run=False)
+    with pytest.raises(ValueError, match="batch size"):
+        _graph_plan_and_run(w, paged, [5, 9], [5, 9], 14, device, run=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
+def test_cuda_graph_replay_after_replan(paged, device):
+    """Capture run() under plan A, re-plan B (other lengths, same batch, no more tokens, the
+    same K/V storage), replay, compare B with the reference."""
+    h_qo, h_kv, d, page, rows = 8, 2, 64, 16, 200
+    qo_a, kv_a = [64, 100, 36], [64, 100, 36]
+    qo_b, kv_b = [10, 150, 1], [900, 150, 2000]
+    w = _graph_wrapper(paged, 3, 256, device)
+    qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_b]
+    q = torch.randn(rows, h_qo, d, device=device).to(BF16)
+    if paged:
+        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_b, h_kv, d, page, BF16, device)
+        pages_a = [(n + page - 1) // page for n in kv_a]
+        indices_a = torch.cat([indices[indptr[b]: indptr[b] + pages_a[b]] for b in range(3)])
+        w.plan(_i32(_indptr(qo_a), device), _i32(_indptr(pages_a), device), indices_a,
+               _i32([n - (p - 1) * page for n, p in zip(kv_a, pages_a)], device), h_qo, h_kv, d, page,
+               causal=True, q_data_type=BF16)
+        args = (cache,)
+    else:
+        ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_b]
+        vs = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_b]
+        args = (torch.cat(ks), torch.cat(vs))
+        w.plan(_i32(_indptr(qo_a), device), _i32(_indptr(kv_a), device), h_qo, h_kv, d, causal=True,
+               q_data_type=BF16)
+    out = torch.full((rows, h_qo, d), float("nan"), dtype=BF16, device=device)
+    lse = torch.full((rows, h_qo), float("nan"), device=device)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            w.run(q, *args, out=out, lse=lse, return_lse=True)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        w.run(q, *args, out=out, lse=lse, return_lse=True)
+    if paged:
+        w.plan(_i32(_indptr(qo_b), device), indptr, indices, last, h_qo, h_kv, d, page, causal=True,
+               q_data_type=BF16)
+    else:
+        w.plan(_i32(_indptr(qo_b), device), _i32(_indptr(kv_b), device), h_qo, h_kv, d, causal=True,
+               q_data_type=BF16)
+    q[: sum(qo_b)] = torch.cat(qs)
+    out.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    _check(out, lse, qs, ks, vs, BF16, causal=True)

@@ -216,7 +216,8 @@ class PrefillPlan:
 
 
 def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_lens: torch.Tensor, group: int,
-                         block_m: int, causal: bool, chunk: int, pin: bool) -> tuple[torch.Tensor, int, int]:
+                         block_m: int, causal: bool, chunk: int, pin: bool, max_work: Optional[int] = None,
+                         max_qo: Optional[int] = None) -> tuple[torch.Tensor, int, int]:
     """The plan's int32 host buffer, its work count and its partial-row count.
 
     Every request's rows are cut into BLOCK_M tiles; a request longer than `chunk` KV tokens is
@@ -224,14 +225,18 @@ def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_l
     chunk index). A split request's token t owns partial rows part_indptr[t] .. + chunks
     (token-major), part_indptr [total_qo + 1] being the buffer's last section. Work items come
     heaviest first (most keys to visit), so the short tiles of a causal prefill fill in behind
-    the long ones instead of leaving SMs idle at the end."""
+    the long ones instead of leaving SMs idle at the end. max_work / max_qo (CUDA-graph plans):
+    the work list's and the token sections' fixed lengths, padded (request -1)."""
     batch = seq_lens.numel()
     qo_lens = (qo_indptr[1:] - qo_indptr[:-1]).to(torch.int32)
     tiles = (qo_lens * group + block_m - 1) // block_m
     chunks = torch.where(seq_lens > chunk, (seq_lens + chunk - 1) // chunk, 1).to(torch.int32)
     items = tiles * chunks
     num_work = int(items.sum())
-    max_work = max(num_work, 1)
+    if max_work is None:
+        max_work = max(num_work, 1)
+    elif num_work > max_work:
+        raise ValueError(f"the plan needs {num_work} work items, the CUDA-graph grid has {max_work}")
     req = torch.repeat_interleave(torch.arange(batch, dtype=torch.int32), items)
     r = req.long()
     within = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(torch.cumsum(items, 0) - items, items)
@@ -245,11 +250,13 @@ def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_l
         end = torch.minimum(hi, (last_row // group + seq_lens[r] - qo_lens[r] + 1).clamp(min=0))
     order = torch.argsort((end - lo).clamp(min=0), descending=True, stable=True)
     total_qo = int(qo_indptr[-1])
+    max_qo = total_qo if max_qo is None else max_qo
     per_token = torch.repeat_interleave(torch.where(chunks > 1, chunks, 0), qo_lens.long())
-    part_indptr = torch.zeros(total_qo + 1, dtype=torch.int32)
-    part_indptr[1:] = torch.cumsum(per_token, 0)
+    part_indptr = torch.zeros(max_qo + 1, dtype=torch.int32)
+    part_indptr[1: total_qo + 1] = torch.cumsum(per_token, 0)
+    part_indptr[total_qo + 1:] = part_indptr[total_qo]
 
-    buf = torch.empty(buffer_len(batch, max_work) + total_qo + 1, dtype=torch.int32, pin_memory=pin)
+    buf = torch.empty(buffer_len(batch, max_work) + max_qo + 1, dtype=torch.int32, pin_memory=pin)
     work = buf[: WORK_FIELDS * max_work].view(WORK_FIELDS, max_work)
     work.fill_(0)
     work[0].fill_(-1)

@@ -13,6 +13,7 @@ import math
 from typing import Any, Optional, Tuple, Union
 
 import torch
+import triton
 
 from .. import _validate as V
 from ..packbits import segment_packbits
@@ -23,7 +24,7 @@ from .batch_launch import prefill_launch
 from .decode import _same_cache
 from .host_checks import host_indptr, host_page_table, planned_dtypes, run_outputs
 from .launch import Variant, _pow2, prefill_tile
-from .plan import PrefillPlan, build_prefill_buffer, choose_chunk
+from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk
 
 _BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
 
@@ -32,11 +33,19 @@ class _BatchPrefillWrapper:
     """What the ragged and the paged wrappers share: the workspace, the plan, the launch."""
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", graph_buffers: Optional[dict] = None) -> None:
         V.check_kv_layout(kv_layout)
         V.check_tensor("float_workspace_buffer", float_workspace_buffer, 1)
-        if use_cuda_graph:
-            raise NotImplementedError("CUDA-graph mode of the prefill wrappers is not supported yet")
+        self._use_cuda_graph = use_cuda_graph
+        self._graph_buffers = {}
+        if use_cuda_graph:  # the device buffers plan() copies the batch's tables into
+            for name, buf in graph_buffers.items():
+                if buf is None:
+                    raise ValueError(f"use_cuda_graph=True needs {name} (a device tensor the plan writes into)")
+                V.check_tensor(name, buf, 1)
+            self._graph_buffers = graph_buffers
+            self._fixed_batch = graph_buffers["qo_indptr_buf"].shape[0] - 1
+        self._graph = None  # what the first CUDA-graph plan fixed: (max tokens, tile, plan buffer, alibi)
         if backend not in _BACKENDS:
             raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
         self._layout = kv_layout
@@ -47,7 +56,7 @@ class _BatchPrefillWrapper:
 
     @property
     def is_cuda_graph_enabled(self) -> bool:
-        return False
+        return self._use_cuda_graph
 
     @property
     def plan_value(self) -> Optional[PrefillPlan]:
@@ -103,18 +112,30 @@ class _BatchPrefillWrapper:
             mask_indptr = mask_indptr.to(torch.int64)
 
         group = num_qo_heads // num_kv_heads
-        max_rows = int(qo_lens.max()) * group if batch else 1
-        tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1),
-                            mode == PosEncodingMode.ROPE_LLAMA)
-        tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
-        min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
-        chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, num_sms(self._device), tile.block_n, min_chunk,
-                             None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
-                             disable_split_kv)
+        total_qo = int(qo_h[-1])
+        graph = self._graph_plan(batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode)
+        if graph is not None:  # the grid, the tile and every pointer stay those of the first plan
+            tile, max_work = graph["tile"], graph["max_work"]
+            chunk = max(int(seq_lens_h.max()) if batch else 1, 1)  # no KV split: no merge launch to capture
+        else:
+            max_rows = int(qo_lens.max()) * group if batch else 1
+            tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1),
+                                mode == PosEncodingMode.ROPE_LLAMA)
+            tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
+            min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
+            chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, num_sms(self._device), tile.block_n, min_chunk,
+                                 None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
+                                 disable_split_kv)
+            max_work = None
         host, num_work, num_partials = build_prefill_buffer(
             qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m, causal=bool(causal) and packed is None,
-            chunk=chunk, pin=self._device.type == "cuda")
-        buf = torch.empty(host.numel(), dtype=torch.int32, device=self._device)
+            chunk=chunk, pin=self._device.type == "cuda", max_work=max_work,
+            max_qo=None if graph is None else graph["max_qo"])
+        if graph is not None:
+            buf = graph["buffer"]
+            self._graph_buffers["qo_indptr_buf"].copy_(qo_indptr, non_blocking=non_blocking)
+        else:
+            buf = torch.empty(host.numel(), dtype=torch.int32, device=self._device)
         buf.copy_(host, non_blocking=non_blocking)
         part_o = part_lse = None
         if num_partials:  # split requests' partial states live in the float workspace
@@ -136,11 +157,40 @@ class _BatchPrefillWrapper:
                             rope_theta=1e4 if rope_theta is None else float(rope_theta),
                             use_alibi=mode == PosEncodingMode.ALIBI),
             block_m=tile.block_m, block_n=tile.block_n, num_warps=tile.num_warps, num_stages=tile.num_stages,
-            warp_spec=tile.warp_spec, kv_chunk=chunk, num_work=num_work if int(qo_h[-1]) else 0,
-            num_partials=num_partials, total_qo=int(qo_h[-1]), total_kv=int(kv_indptr_h[-1]), buffer=buf,
+            warp_spec=tile.warp_spec, kv_chunk=chunk, num_work=num_work if total_qo or graph else 0,
+            num_partials=num_partials, total_qo=total_qo, total_kv=int(kv_indptr_h[-1]), buffer=buf,
             part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr)
-        self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
+        if graph is not None:
+            self._alibi = graph["alibi"]
+        else:
+            self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
         self._replay = self._replay_key = self._replay_cache = None
+
+    def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode):
+        """CUDA-graph mode: what the first plan fixes for every later one (None in eager mode).
+        The captured q holds the first plan's tokens: later plans may have any lengths with at
+        most that many tokens in all. Their grid is a bound on the row tiles (no KV split)."""
+        if not self._use_cuda_graph:
+            return None
+        if batch != self._fixed_batch:
+            raise ValueError(f"this CUDA-graph wrapper was built for batch size {self._fixed_batch}, got {batch}")
+        if packed is not None:
+            raise NotImplementedError("custom masks in CUDA-graph mode are not supported yet")
+        if self._graph is None:
+            tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(total_qo * group, 1),
+                                mode == PosEncodingMode.ROPE_LLAMA)
+            max_work = max(triton.cdiv(total_qo * group, tile.block_m) + batch, 1)
+            self._graph = dict(
+                max_qo=total_qo, tile=tile, max_work=max_work, heads=(num_qo_heads, head_dim_qk, head_dim_vo, mode),
+                buffer=torch.empty(buffer_len(batch, max_work) + total_qo + 1, dtype=torch.int32, device=self._device),
+                alibi=get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None)
+        g = self._graph
+        if total_qo > g["max_qo"]:
+            raise ValueError(f"this CUDA-graph wrapper's first plan had {g['max_qo']} query tokens (the captured q); "
+                             f"got {total_qo}")
+        if (num_qo_heads, head_dim_qk, head_dim_vo, mode) != g["heads"]:
+            raise ValueError("a CUDA-graph plan must keep the heads, head dims and pos_encoding_mode of the first")
+        return g
 
     def _replayed(self, key, tensors: dict, return_lse: bool):
         """run()'s fast path: while the plan stands and the kinds of run()'s arguments repeat
@@ -151,10 +201,10 @@ class _BatchPrefillWrapper:
         plan = self._plan
         out, lse = tensors["o_ptr"], tensors["lse_ptr"]
         if out is None:
-            out = tensors["o_ptr"] = empty_output(plan.total_qo, plan.num_qo_heads, plan.head_dim_vo,
+            out = tensors["o_ptr"] = empty_output(tensors["q_ptr"].shape[0], plan.num_qo_heads, plan.head_dim_vo,
                                                   dtype=plan.o_dtype, device=self._device)
         if return_lse and lse is None:
-            lse = tensors["lse_ptr"] = empty_output(plan.total_qo, plan.num_qo_heads, dtype=torch.float32,
+            lse = tensors["lse_ptr"] = empty_output(tensors["q_ptr"].shape[0], plan.num_qo_heads, dtype=torch.float32,
                                                     device=self._device)
         for replay, names in self._replay:
             replay(**{n: tensors[n] for n in names if n in tensors})
@@ -169,7 +219,8 @@ class _BatchPrefillWrapper:
             raise RuntimeError("run() before plan(): call plan() with the batch's indptrs first")
         if window_left is not None and window_left != plan.variant.window_left:
             raise ValueError(f"window_left={window_left} at run differs from {plan.variant.window_left} given to plan()")
-        shape = (plan.total_qo, plan.num_qo_heads, plan.head_dim_qk)
+        rows = self._graph["max_qo"] if self._graph is not None else plan.total_qo
+        shape = (rows, plan.num_qo_heads, plan.head_dim_qk)
         V.check_tensor("q", q, 3)
         if tuple(q.shape) != shape:
             raise ValueError(f"q: expected shape {shape} (qo_indptr[-1], num_qo_heads, head_dim_qk) as planned, "
@@ -182,7 +233,7 @@ class _BatchPrefillWrapper:
         if q.device != self._device or k.device != self._device:
             raise ValueError(f"q and the KV must be on the workspace's device {self._device}, got {q.device}, {k.device}")
         sinks = V.check_sinks(sinks, plan.num_qo_heads, self._device)
-        out, lse = run_outputs(out, lse, return_lse, (plan.total_qo, plan.num_qo_heads, plan.head_dim_vo),
+        out, lse = run_outputs(out, lse, return_lse, (rows, plan.num_qo_heads, plan.head_dim_vo),
                                plan.o_dtype, self._device)
         sm_scale = plan.variant.sm_scale * (1.0 if q_scale is None else float(q_scale)) * \
             (1.0 if k_scale is None else float(k_scale))
@@ -207,7 +258,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
                  qo_indptr_buf: Optional[torch.Tensor] = None, kv_indptr_buf: Optional[torch.Tensor] = None,
                  custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
                  backend: str = "auto", jit_args: Optional[Any] = None, jit_kwargs: Optional[Any] = None) -> None:
-        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend)
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
+                         dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf))
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
              head_dim_qk: int, head_dim_vo: Optional[int] = None, custom_mask: Optional[torch.Tensor] = None,
@@ -221,6 +273,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         if unsupported:
             raise NotImplementedError(f"plan() arguments not supported yet: {sorted(unsupported)}")
         kv_h = host_indptr("kv_indptr", kv_indptr)
+        if self._use_cuda_graph:
+            self._graph_buffers["kv_indptr_buf"][: kv_h.numel()].copy_(kv_indptr, non_blocking=non_blocking)
         self._make_plan(qo_indptr, kv_h, (kv_h[1:] - kv_h[:-1]).to(torch.int32), 0, num_qo_heads, num_kv_heads,
                         head_dim_qk, head_dim_vo, custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale,
                         window_left, logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type,
@@ -287,7 +341,10 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
                  paged_kv_last_page_len_buf: Optional[torch.Tensor] = None,
                  custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
                  backend: str = "auto", jit_args: Optional[Any] = None, jit_kwargs: Optional[Any] = None) -> None:
-        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend)
+        super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
+                         dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
+                              paged_kv_indices_buf=paged_kv_indices_buf,
+                              paged_kv_last_page_len_buf=paged_kv_last_page_len_buf))
 
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
              paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
@@ -308,6 +365,15 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
         if paged_kv_indices.device != self._device:
             raise ValueError(f"paged_kv_indices: expected a tensor on {self._device}, got {paged_kv_indices.device}")
         self._kv_indices = paged_kv_indices
+        if self._use_cuda_graph:  # the captured launch reads the page ids from the caller's buffer
+            bufs, n_idx = self._graph_buffers, int(indptr_h[-1])
+            if bufs["paged_kv_indices_buf"].shape[0] < n_idx:
+                raise ValueError(f"paged_kv_indices_buf holds {bufs['paged_kv_indices_buf'].shape[0]} page ids, "
+                                 f"the plan needs {n_idx}")
+            bufs["paged_kv_indptr_buf"][: indptr_h.numel()].copy_(paged_kv_indptr, non_blocking=non_blocking)
+            bufs["paged_kv_last_page_len_buf"][: seq.numel()].copy_(paged_kv_last_page_len, non_blocking=non_blocking)
+            bufs["paged_kv_indices_buf"][:n_idx].copy_(paged_kv_indices[:n_idx], non_blocking=non_blocking)
+            self._kv_indices = bufs["paged_kv_indices_buf"]
         self._make_plan(qo_indptr, indptr_h, seq, page_size, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo,
                         custom_mask, packed_custom_mask, causal, pos_encoding_mode, sm_scale, window_left,
                         logits_soft_cap, rope_scale, rope_theta, q_data_type, kv_data_type, o_data_type, non_blocking,
