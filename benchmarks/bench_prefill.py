@@ -83,12 +83,22 @@ def bench(w, ws, rows):
     paged = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
     paged.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16, causal=True,
                q_data_type=dt)
+    q8s, k8s, v8s = ([t.to(torch.float8_e4m3fn) for t in ts] for ts in (qs, ks, vs))
+    ones_q = torch.ones(w.q_heads, device="cuda")
+    ones_kv = torch.ones(w.kv_heads, device="cuda")
+
+    def single_fp8():
+        return [flashinfer.single_prefill_with_kv_cache(q, k, v, scale_q=ones_q, scale_k=ones_kv, scale_v=ones_kv,
+                                                        causal=True) for q, k, v in zip(q8s, k8s, v8s)][-1]
+
     paths = [("single (per request)", single, lambda o: o),
              ("ragged wrapper", lambda: ragged.run(q_cat, k_cat, v_cat), lambda o: o[-w.seq:]),
              ("paged wrapper p16", lambda: paged.run(q_cat, cache), lambda o: o[-w.seq:])]
+    paths.append(("single fp8 q/k/v", single_fp8, lambda o: o))
     for label, fn, last_req in paths:
         out, first = _first_call(fn)
-        err = _check(f"{w.name} {label}", last_req(out), qs[-1], ks[-1], vs[-1])
+        ref_in = (q8s, k8s, v8s) if "fp8" in label else (qs, ks, vs)  # the fp8 values, dequantised
+        err = _check(f"{w.name} {label}", last_req(out), *(t[-1].to(torch.bfloat16) for t in ref_in))
         t = time_host(fn)
         row = {"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
                "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS, "rel err": err, "first call s": first}

@@ -307,3 +307,22 @@ def test_cuda_graph_replay_after_replan(paged, device):
     g.replay()
     torch.cuda.synchronize()
     _check(out, lse, qs, ks, vs, BF16, causal=True)
+
+
+def test_fp8_q_prefill(device):
+    """fp8 q with an fp8 KV through the ragged wrapper, per-tensor scales as floats."""
+    qo_lens, kv_lens, h_qo, h_kv, d = [30, 7], [90, 7], 8, 2, 64
+    q8 = [(torch.randn(n, h_qo, d, device=device) * 2).to(E4M3) for n in qo_lens]
+    k8 = [(torch.randn(n, h_kv, d, device=device) * 2).to(E4M3) for n in kv_lens]
+    v8 = [(torch.randn(n, h_kv, d, device=device) * 2).to(E4M3) for n in kv_lens]
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
+    w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=True,
+           q_data_type=E4M3, kv_data_type=E4M3)
+    assert w.plan_value.o_dtype == F16
+    scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
+    out, lse = w.run(torch.cat(q8), torch.cat(k8), torch.cat(v8), return_lse=True, **scales)
+    _check(out, lse, [q.float() for q in q8], [k.float() for k in k8], [v.float() for v in v8], F16,
+           causal=True, **scales)
+    with pytest.raises(TypeError, match="fp8 KV"):
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=E4M3,
+               kv_data_type=F16)

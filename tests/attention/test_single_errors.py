@@ -40,7 +40,8 @@ BAD_PREFILL = [
                                    v=torch.randn(10, 2, 12, device=d).half()), NotImplementedError, "multiple of 8"),
     ("strided-last-dim", lambda d: dict(q=torch.randn(4, 8, 128, device=d).half()[..., ::2]), ValueError, "stride"),
     ("backend", lambda d: dict(backend="cudnn"), ValueError, "backend"),
-    ("fp8-q", lambda d: dict(scale_q=torch.ones(8, device=d)), NotImplementedError, "scale_q"),
+    ("scale-q-16bit-q", lambda d: dict(scale_q=torch.ones(8, device=d)), ValueError, "scale_q"),
+    ("fp8-q-16bit-kv", lambda d: dict(q=torch.randn(4, 8, 64, device=d).to(torch.float8_e4m3fn)), TypeError, "fp8"),
     ("o-dtype", lambda d: dict(o_dtype=torch.float32), TypeError, "o_dtype"),
 ]
 

@@ -124,3 +124,24 @@ def test_decode_equals_prefill_of_one(device):
                                                      pos_encoding_mode="ROPE_LLAMA")
     assert (od.float() - op[0].float()).abs().max().item() < 5e-3
     assert (ld - lp[0]).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("per_head,d", [(True, 128), (False, 64)], ids=["per-head-d128", "per-tensor-d64"])
+def test_fp8_qkv_prefill(per_head, d, device):
+    """fp8 q/k/v with dequantisation scales (FlashInfer's fp8 prefill): logits scale by
+    scale_q[h] * scale_k[h_kv], the output by scale_v[h_kv]; fp16 output by default."""
+    qo_len, kv_len, h_qo, h_kv = 40, 130, 8, 2
+    q8 = (torch.randn(qo_len, h_qo, d, device=device) * 3).to(E4M3)
+    k8 = (torch.randn(kv_len, h_kv, d, device=device) * 3).to(E4M3)
+    v8 = (torch.randn(kv_len, h_kv, d, device=device) * 3).to(E4M3)
+    n = (h_qo, h_kv, h_kv) if per_head else (1, 1, 1)
+    sq, sk, sv = (torch.rand(m, device=device) + 0.5 for m in n)
+    o, lse = flashinfer.single_prefill_with_kv_cache(q8, k8, v8, scale_q=sq, scale_k=sk, scale_v=sv, causal=True,
+                                                     return_lse=True)
+    assert o.dtype == F16
+    q = q8.float() * sq.expand(h_qo)[None, :, None]
+    k = k8.float() * sk.expand(h_kv)[None, :, None]
+    v = v8.float() * sv.expand(h_kv)[None, :, None]
+    (o32, l32), (olp, llp) = refs(q, k, v, F16, causal=True)
+    assert_close_policy(o, o32, olp, name="o")
+    assert_close_policy(lse, l32, llp, name="lse")

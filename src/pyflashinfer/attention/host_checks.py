@@ -65,14 +65,19 @@ def host_page_table(indptr: torch.Tensor, indices: torch.Tensor, last_page_len: 
 
 
 def planned_dtypes(q_data_type: Union[str, torch.dtype, None], kv_data_type=None, o_data_type=None,
-                   data_type=None) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
-    """(q, kv, o) dtypes fixed at plan time: kv defaults to q (fp8 allowed), o to q;
-    `data_type` is FlashInfer's deprecated alias for both q and kv."""
+                   data_type=None, allow_fp8_q: bool = False) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+    """(q, kv, o) dtypes fixed at plan time: kv defaults to q (fp8 allowed), o to q (float16 for
+    an fp8 q, which allow_fp8_q admits with an fp8 KV); `data_type` is FlashInfer's deprecated
+    alias for both q and kv."""
     q_dtype = canonicalize_dtype(q_data_type if data_type is None else data_type)
     kv_dtype = canonicalize_dtype(kv_data_type) or canonicalize_dtype(data_type) or q_dtype
-    o_dtype = canonicalize_dtype(o_data_type) or q_dtype
-    if q_dtype not in V.FLOAT16_TYPES:
-        raise TypeError(f"q_data_type: expected float16 or bfloat16, got {q_dtype}")
+    fp8_q = allow_fp8_q and q_dtype in V.FP8_TYPES
+    o_dtype = canonicalize_dtype(o_data_type) or (torch.float16 if fp8_q else q_dtype)
+    if fp8_q and kv_dtype not in V.FP8_TYPES:
+        raise TypeError(f"kv_data_type: an fp8 q needs an fp8 KV, got {kv_dtype}")
+    if q_dtype not in V.FLOAT16_TYPES and not fp8_q:
+        expected = "float16, bfloat16 or fp8 (with an fp8 KV)" if allow_fp8_q else "float16 or bfloat16"
+        raise TypeError(f"q_data_type: expected {expected}, got {q_dtype}")
     if kv_dtype not in V.KV_TYPES or (kv_dtype in V.FLOAT16_TYPES and kv_dtype != q_dtype):
         raise TypeError(f"kv_data_type: expected {q_dtype} or an fp8 type, got {kv_dtype}")
     if o_dtype not in V.FLOAT16_TYPES:

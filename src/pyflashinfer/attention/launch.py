@@ -165,8 +165,9 @@ _NO_BATCH = dict(sinks_ptr=None, HAS_SINKS=False, work_ptr=None, seq_lens_ptr=No
 
 
 def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alibi_slopes=None,
-                  num_splits: Optional[int] = None) -> None:
-    """Tensor-core attention of one request. out [qo_len, H_qo, D_vo]; lse [qo_len, H_qo] or None."""
+                  num_splits: Optional[int] = None, head_scales: Optional[tuple] = None) -> None:
+    """Tensor-core attention of one request. out [qo_len, H_qo, D_vo]; lse [qo_len, H_qo] or None.
+    head_scales: fp32 (scale_q [H_qo], scale_k [H_kv], scale_v [H_kv]) for fp8 q/k/v."""
     qo_len, num_qo_heads, d_qk = q.shape
     kv_len, num_kv_heads, d_vo = v.shape
     if qo_len == 0:
@@ -194,7 +195,8 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
         WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
         KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec, TWO_PHASE=True, part_indptr_ptr=None,
-        PARTIALS_BY_TOKEN=False,
+        PARTIALS_BY_TOKEN=False, HEAD_SCALES=head_scales is not None,
+        **dict(zip(("scale_q_ptr", "scale_k_ptr", "scale_v_ptr"), head_scales or (None, None, None))),
         **variant.kernel_args(),
     )
     if num_splits > 1:

@@ -80,8 +80,10 @@ class _BatchPrefillWrapper:
         V.check_head_dim("head_dim_vo", head_dim_vo)
         batch = seq_lens_h.numel()
         qo_h = host_indptr("qo_indptr", qo_indptr, batch + 1)
-        q_dtype, kv_dtype, o_dtype = planned_dtypes(q_data_type, kv_data_type, o_data_type)
+        q_dtype, kv_dtype, o_dtype = planned_dtypes(q_data_type, kv_data_type, o_data_type, allow_fp8_q=True)
         mode = V.check_pos_encoding_mode(pos_encoding_mode)
+        if q_dtype in V.FP8_TYPES and mode == PosEncodingMode.ROPE_LLAMA:
+            raise NotImplementedError("RoPE applied in the kernel needs 16-bit q; apply RoPE before quantising q")
         V.check_window_left(window_left)
         qo_lens = qo_h[1:] - qo_h[:-1]
 

@@ -147,16 +147,20 @@ def single_prefill_with_kv_cache(
         q2  x x x x x
 
     Args:
-        q: ``[qo_len, H_qo, D_qk]`` fp16/bf16 (strided views accepted; last dim contiguous).
+        q: ``[qo_len, H_qo, D_qk]`` fp16/bf16, or fp8 with an fp8 k/v (strided views accepted;
+            last dim contiguous).
         k: ``[kv_len, H_kv, D_qk]`` (NHD) or ``[H_kv, kv_len, D_qk]`` (HND); fp16/bf16 or fp8.
         v: ``[kv_len, H_kv, D_vo]`` (NHD) or ``[H_kv, kv_len, D_vo]`` (HND), k's dtype.
         custom_mask: bool ``[qo_len, kv_len]`` (True = keep); takes precedence over ``causal``.
         packed_custom_mask: uint8, ``custom_mask.flatten()`` packed little-endian (``packbits``).
         causal, window_left (inclusive, -1 off), logits_soft_cap, sm_scale, pos_encoding_mode,
         rope_scale, rope_theta: as in :func:`single_decode_with_kv_cache`.
-        o_dtype: output dtype (default q's dtype).
+        o_dtype: output dtype (default q's dtype; float16 for fp8 q).
         k_scale, v_scale: fp8 dequantisation scales (k folded into sm_scale, v on the output).
-        scale_q/scale_k/scale_v, kv_cache_sf: fp8-q and NVFP4 paths, not supported yet.
+        scale_q, scale_k, scale_v: fp8 q/k/v dequantisation scales per head (``[H_qo]``,
+            ``[H_kv]``, ``[H_kv]``) or per tensor (``[1]``): logits scale by scale_q * scale_k,
+            the output by scale_v. Products run in fp16 (exact for fp8 values).
+        kv_cache_sf: NVFP4 KV cache, not supported.
         use_fp16_qk_reduction, backend: accepted for compatibility; QK is always reduced in fp32.
         return_lse: also return the base-2 LSE, fp32 ``[qo_len, H_qo]``.
 
@@ -169,17 +173,23 @@ def single_prefill_with_kv_cache(
     """
     V.check_tensor("q", q, 3)
     k, v = _kv_views(k, v, kv_layout)
-    if scale_q is not None or scale_k is not None or scale_v is not None or q.dtype in V.FP8_TYPES:
-        raise NotImplementedError("fp8 q/k/v with per-head scale_q/scale_k/scale_v is not supported yet; "
-                                  "pass fp16/bf16 q with an fp8 KV cache and k_scale/v_scale instead")
     if kv_cache_sf is not None:
         raise NotImplementedError("kv_cache_sf (NVFP4 KV cache) is not supported")
     if backend not in _BACKENDS:
         raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
-    device = _check_qkv(q, k, v)
+    fp8_q = q.dtype in V.FP8_TYPES
+    if fp8_q and k.dtype not in V.FP8_TYPES:
+        raise TypeError(f"k/v: fp8 q needs an fp8 k/v, got {k.dtype}")
+    device = _check_qkv(q, k, v, V.FLOAT16_TYPES + V.FP8_TYPES)
     qo_len, num_qo_heads, head_dim = q.shape
     kv_len = k.shape[0]
-    o_dtype = q.dtype if o_dtype is None else o_dtype
+    head_scales = _head_scales(scale_q, scale_k, scale_v, num_qo_heads, k.shape[1], device)
+    if head_scales is not None and not fp8_q:
+        raise ValueError("scale_q/scale_k/scale_v go with fp8 q/k/v (FlashInfer's fp8 prefill); with 16-bit q "
+                         "pass k_scale/v_scale for an fp8 KV cache")
+    if fp8_q and pos_encoding_mode == "ROPE_LLAMA":
+        raise NotImplementedError("RoPE applied in the kernel needs 16-bit q; apply RoPE before quantising q")
+    o_dtype = (torch.float16 if fp8_q else q.dtype) if o_dtype is None else o_dtype
     if o_dtype not in V.FLOAT16_TYPES:
         raise TypeError(f"o_dtype: expected float16 or bfloat16, got {o_dtype}")
     packed = pack_custom_mask(custom_mask, packed_custom_mask, [(qo_len, kv_len)], device)
@@ -189,8 +199,28 @@ def single_prefill_with_kv_cache(
     out = empty_output(qo_len, num_qo_heads, v.shape[-1], dtype=o_dtype, device=device)
     lse = empty_output(qo_len, num_qo_heads, dtype=torch.float32, device=device) if return_lse else None
     attention_fwd(q, k, v, out, lse, variant, packed_mask=packed,
-                  alibi_slopes=_alibi(variant, num_qo_heads, device))
+                  alibi_slopes=_alibi(variant, num_qo_heads, device), head_scales=head_scales)
     return (out, lse) if return_lse else out
+
+
+def _head_scales(scale_q, scale_k, scale_v, num_qo_heads: int, num_kv_heads: int, device):
+    """fp32 (scale_q [H_qo], scale_k [H_kv], scale_v [H_kv]) from per-head tensors or
+    one-element ones (per tensor); None when none is given. A missing one is 1."""
+    if scale_q is None and scale_k is None and scale_v is None:
+        return None
+    out = []
+    for name, t, heads in (("scale_q", scale_q, num_qo_heads), ("scale_k", scale_k, num_kv_heads),
+                           ("scale_v", scale_v, num_kv_heads)):
+        if t is None:
+            out.append(torch.ones(heads, dtype=torch.float32, device=device))
+            continue
+        V.check_tensor(name, t, 1)
+        if t.shape[0] not in (1, heads):
+            raise ValueError(f"{name}: expected shape ({heads},) (one scale per head) or (1,), got {tuple(t.shape)}")
+        if t.device != device:
+            raise ValueError(f"{name}: expected device {device}, got {t.device}")
+        out.append(t.to(torch.float32).expand(heads).contiguous())
+    return tuple(out)
 
 
 single_prefill_with_kv_cache_return_lse = functools.partial(single_prefill_with_kv_cache, return_lse=True)

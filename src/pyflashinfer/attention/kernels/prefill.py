@@ -14,7 +14,8 @@ Two ways to name the work of a program (axis 0), by BATCHED:
   prefill plans (PARTIALS_BY_TOKEN) put token t's chunks at part_indptr[t] + slot.
 Axis 1 is the KV head. With DOT_F16 (fp8 KV) both products run in fp16, whatever q's dtype:
 exact for the fp8 values, and p in [0, 1] keeps more bits than in bf16; q must stay within
-fp16's range (|q| < 65504).
+fp16's range (|q| < 65504). q may be fp8 too; HEAD_SCALES then applies per-head dequantisation
+scales (scale_q per qo head, scale_k and scale_v per KV head) to the logits and the output.
 """
 import triton
 import triton.language as tl
@@ -25,6 +26,7 @@ from .common import finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_w
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
 def attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr, sinks_ptr,
+    scale_q_ptr, scale_k_ptr, scale_v_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
@@ -39,6 +41,7 @@ def attention_fwd_kernel(
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
     DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr, KV_TMA: tl.constexpr, HAS_SINKS: tl.constexpr,
     WARP_SPEC: tl.constexpr, TWO_PHASE: tl.constexpr, PARTIALS_BY_TOKEN: tl.constexpr,
+    HEAD_SCALES: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -81,8 +84,12 @@ def attention_fwd_kernel(
     if HAS_MASK:
         if BATCHED:  # each request's mask starts on a byte of its own (segment_packbits)
             mask_ptr += tl.load(mask_indptr_ptr + req).to(tl.int64)
-    if DOT_F16:  # fp8 KV: fp8 -> fp16 converts natively on sm_90, fp8 -> bf16 does not
+    if DOT_F16:  # fp8 KV (and q): fp8 -> fp16 converts natively on sm_90, fp8 -> bf16 does not
         q = q.to(tl.float16)
+    if HEAD_SCALES:  # fp8 q/k/v with per-head dequantisation scales: q's per row, k's and v's per KV head
+        q_rows_scale = tl.load(scale_q_ptr + head, mask=mask_m, other=1.0).to(tl.float32)
+        sm_scale = sm_scale * tl.load(scale_k_ptr + pid_h).to(tl.float32) * q_rows_scale[:, None]
+        v_scale = v_scale * tl.load(scale_v_ptr + pid_h).to(tl.float32)
     if HAS_ALIBI:
         slopes = tl.load(alibi_ptr + head, mask=mask_m, other=0.0)
     else:
