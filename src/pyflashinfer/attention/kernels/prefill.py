@@ -122,26 +122,23 @@ def attention_fwd_kernel(
     # a causal prefill), then the rest with every mask applied (the diagonal, the tail, windows,
     # masks); else every tile masked. WARP_SPEC (with KV_TMA) gives the first phase's loads to
     # producer warps.
+    UNMASKED_PHASE: tl.constexpr = TWO_PHASE and not (HAS_MASK or HAS_WINDOW)
     full_hi = lo
-    if TWO_PHASE and not (HAS_MASK or HAS_WINDOW):
+    if UNMASKED_PHASE:
         seen_by_all = hi
         if IS_CAUSAL:
             seen_by_all = tl.minimum(hi, first_row // group_size + (kv_len - qo_len) + 1)
         full_hi = lo + tl.maximum(seen_by_all - lo, 0) // BLOCK_N * BLOCK_N
-        for start_n in tl.range(lo, full_hi, BLOCK_N, warp_specialize=WARP_SPEC):
-            acc, m_i, l_i = attend_tile(
-                acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
-                mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
-                stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
-                HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, False, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
-                HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
-    for start_n in range(full_hi, hi, BLOCK_N):
-        acc, m_i, l_i = attend_tile(
-            acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
-            mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
-            stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
-            HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, True, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
-            HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
+    for phase in tl.static_range(2):  # 0: [lo, full_hi) unmasked, 1: [full_hi, hi) masked
+        if phase == 1 or UNMASKED_PHASE:
+            for start_n in tl.range(lo if phase == 0 else full_hi, full_hi if phase == 0 else hi, BLOCK_N,
+                                    warp_specialize=WARP_SPEC and phase == 0):
+                acc, m_i, l_i = attend_tile(
+                    acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
+                    mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
+                    stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
+                    HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, phase == 1, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
+                    HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
 
     if HAS_SINKS:  # a split request's partial states get theirs when merged
         if HAS_PARTIALS:
