@@ -16,7 +16,7 @@ import triton
 from .._launch import launch
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
-from .launch import _pow2, kv_tma, merge_states_into
+from .launch import _pow2, fp8_qk, kv_tma, merge_states_into
 from .plan import section
 
 
@@ -58,7 +58,7 @@ def _paged_decode_launch(
                       IS_CAUSAL=q_len_per_req > 1, HAS_MASK=False, DOT_F16=k.element_size() == 1,
                       HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, TWO_PHASE=two_phase,
                       part_indptr_ptr=None, PARTIALS_BY_TOKEN=False, scale_q_ptr=None, scale_k_ptr=None,
-                      scale_v_ptr=None, HEAD_SCALES=False, **common)
+                      scale_v_ptr=None, HEAD_SCALES=False, FP8_QK=False, **common)
     else:
         attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)
@@ -156,7 +156,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
         DOT_F16=k.element_size() == 1, HAS_PARTIALS=split, HAS_SINKS=sinks is not None,
         KV_TMA=use_tma, WARP_SPEC=use_tma and plan.warp_spec, TWO_PHASE=True, PARTIALS_BY_TOKEN=True,
-        scale_q_ptr=None, scale_k_ptr=None, scale_v_ptr=None, HEAD_SCALES=False,
+        scale_q_ptr=None, scale_k_ptr=None, scale_v_ptr=None, HEAD_SCALES=False, FP8_QK=fp8_qk(q, k),
         **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(),
     )
     replays = [(attn, ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr", "sinks_ptr"))]

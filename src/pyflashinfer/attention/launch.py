@@ -102,6 +102,11 @@ def kv_tma(k: torch.Tensor, v: torch.Tensor, token_head_strides: tuple, *, paged
     return aligned16(k, v) and all(s * size % 16 == 0 for s in token_head_strides)
 
 
+def fp8_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """q.k on fp8 tensor cores: both fp8, on sm_90 (the interpreter multiplies fp8 in fp16)."""
+    return q.element_size() == 1 and k.element_size() == 1 and not is_interpreting()
+
+
 def kv_split(num_programs: int, kv_len: int, block_n: int, device: torch.device) -> tuple[int, int]:
     """(num_splits, kv_chunk): split long KV so that about two waves of programs fill the SMs."""
     min_chunk = 4 * block_n if is_interpreting() else max(256, 4 * block_n)
@@ -195,7 +200,7 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
         WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
         KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec, TWO_PHASE=True, part_indptr_ptr=None,
-        PARTIALS_BY_TOKEN=False, HEAD_SCALES=head_scales is not None,
+        PARTIALS_BY_TOKEN=False, HEAD_SCALES=head_scales is not None, FP8_QK=fp8_qk(q, k),
         **dict(zip(("scale_q_ptr", "scale_k_ptr", "scale_v_ptr"), head_scales or (None, None, None))),
         **variant.kernel_args(),
     )

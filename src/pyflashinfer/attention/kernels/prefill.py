@@ -14,8 +14,10 @@ Two ways to name the work of a program (axis 0), by BATCHED:
   prefill plans (PARTIALS_BY_TOKEN) put token t's chunks at part_indptr[t] + slot.
 Axis 1 is the KV head. With DOT_F16 (fp8 KV) both products run in fp16, whatever q's dtype:
 exact for the fp8 values, and p in [0, 1] keeps more bits than in bf16; q must stay within
-fp16's range (|q| < 65504). q may be fp8 too; HEAD_SCALES then applies per-head dequantisation
-scales (scale_q per qo head, scale_k and scale_v per KV head) to the logits and the output.
+fp16's range (|q| < 65504). q may be fp8 too: with FP8_QK (sm_90) q.k runs on fp8 tensor
+cores directly (no conversion of the K tile), p.v in fp16. HEAD_SCALES applies per-head
+dequantisation scales (scale_q per qo head, scale_k and scale_v per KV head) to the logits and
+the output.
 """
 import triton
 import triton.language as tl
@@ -41,7 +43,7 @@ def attention_fwd_kernel(
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
     DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr, KV_TMA: tl.constexpr, HAS_SINKS: tl.constexpr,
     WARP_SPEC: tl.constexpr, TWO_PHASE: tl.constexpr, PARTIALS_BY_TOKEN: tl.constexpr,
-    HEAD_SCALES: tl.constexpr,
+    HEAD_SCALES: tl.constexpr, FP8_QK: tl.constexpr,
 ):
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
@@ -84,7 +86,7 @@ def attention_fwd_kernel(
     if HAS_MASK:
         if BATCHED:  # each request's mask starts on a byte of its own (segment_packbits)
             mask_ptr += tl.load(mask_indptr_ptr + req).to(tl.int64)
-    if DOT_F16:  # fp8 KV (and q): fp8 -> fp16 converts natively on sm_90, fp8 -> bf16 does not
+    if DOT_F16 and not FP8_QK:  # fp8 KV: fp8 -> fp16 converts natively on sm_90, fp8 -> bf16 does not
         q = q.to(tl.float16)
     if HEAD_SCALES:  # fp8 q/k/v with per-head dequantisation scales: q's per row, k's and v's per KV head
         q_rows_scale = tl.load(scale_q_ptr + head, mask=mask_m, other=1.0).to(tl.float32)
@@ -138,7 +140,7 @@ def attention_fwd_kernel(
                     mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
                     stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
                     HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, phase == 1, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
-                    HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA)
+                    HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA, DOT_F16)
 
     if HAS_SINKS:  # a split request's partial states get theirs when merged
         if HAS_PARTIALS:
@@ -174,7 +176,8 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi,
                 HEAD_DIM_QK: tl.constexpr, HEAD_DIM_VO: tl.constexpr, BLOCK_DQK: tl.constexpr,
                 BLOCK_DVO: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                USE_ROPE: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, KV_TMA: tl.constexpr):
+                USE_ROPE: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, KV_TMA: tl.constexpr,
+                DOT_F16: tl.constexpr):
     """One KV tile [start_n, start_n + BLOCK_N) of the online softmax. MASKED=False: every key
     of the tile is in range and seen by every row (no bounds, no masks). k_src/v_src: tensor
     descriptors (KV_TMA) or the KV head's base pointers."""
@@ -225,5 +228,6 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi,
             v = tl.load(v_rows + offs_dvo[None, :])
         else:
             v = tl.load(v_rows + offs_dvo[None, :], mask=mask_v, other=0.0)
-    acc = tl.dot(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None])
+    pv_dtype: tl.constexpr = tl.float16 if DOT_F16 else q.dtype
+    acc = tl.dot(p.to(pv_dtype), v.to(pv_dtype), acc * alpha[:, None])
     return acc, m_new, l_i
