@@ -326,3 +326,26 @@ def test_fp8_q_prefill(device):
     with pytest.raises(TypeError, match="fp8 KV"):
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=E4M3,
                kv_data_type=F16)
+
+
+def test_cuda_graph_mode_custom_mask(device):
+    """Graph-mode plans with custom masks write them into the caller's buffers, which the launch
+    reads; a plan without a mask after one with a mask is refused (the kernel is captured)."""
+    qo_lens, kv_lens, h_qo, h_kv, d = [9, 3], [20, 3], 4, 2, 64
+    i32 = dict(dtype=torch.int32, device=device)
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
+        _ws(device), use_cuda_graph=True, qo_indptr_buf=torch.empty(3, **i32), kv_indptr_buf=torch.empty(3, **i32),
+        custom_mask_buf=torch.empty(64, dtype=torch.uint8, device=device), mask_indptr_buf=torch.empty(3, **i32))
+    for step in range(2):
+        qs = [torch.randn(n, h_qo, d, device=device).half() for n in qo_lens]
+        ks = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
+        vs = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
+        masks = [torch.rand(q, k, device=device) < 0.6 for q, k in zip(qo_lens, kv_lens)]
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16,
+               custom_mask=torch.cat([m.reshape(-1) for m in masks]))
+        assert w.plan_value.packed_mask.data_ptr() == w._mask_buffers[0].data_ptr()
+        out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
+        _check(out, lse, qs, ks, vs, F16, masks=masks)
+        qo_lens, kv_lens = [4, 8], [30, 8]
+    with pytest.raises(ValueError, match="custom mask"):
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16)

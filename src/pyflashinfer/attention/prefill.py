@@ -33,7 +33,8 @@ class _BatchPrefillWrapper:
     """What the ragged and the paged wrappers share: the workspace, the plan, the launch."""
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
-                 backend: str = "auto", graph_buffers: Optional[dict] = None) -> None:
+                 backend: str = "auto", graph_buffers: Optional[dict] = None,
+                 mask_buffers: tuple = (None, None)) -> None:
         V.check_kv_layout(kv_layout)
         V.check_tensor("float_workspace_buffer", float_workspace_buffer, 1)
         self._use_cuda_graph = use_cuda_graph
@@ -45,6 +46,7 @@ class _BatchPrefillWrapper:
                 V.check_tensor(name, buf, 1)
             self._graph_buffers = graph_buffers
             self._fixed_batch = graph_buffers["qo_indptr_buf"].shape[0] - 1
+        self._mask_buffers = mask_buffers  # (custom_mask_buf uint8, mask_indptr_buf): graph plans with masks
         self._graph = None  # what the first CUDA-graph plan fixed: (max tokens, tile, plan buffer, alibi)
         if backend not in _BACKENDS:
             raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
@@ -116,6 +118,14 @@ class _BatchPrefillWrapper:
         group = num_qo_heads // num_kv_heads
         total_qo = int(qo_h[-1])
         graph = self._graph_plan(batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode)
+        if graph is not None and packed is not None:  # the captured launch reads the caller's mask buffers
+            mask_buf, indptr_buf = self._mask_buffers
+            if mask_buf.numel() < packed.numel():
+                raise ValueError(f"custom_mask_buf holds {mask_buf.numel()} bytes, the plan's packed mask "
+                                 f"{packed.numel()}")
+            mask_buf[: packed.numel()].copy_(packed, non_blocking=non_blocking)
+            indptr_buf[: batch + 1].copy_(mask_indptr, non_blocking=non_blocking)
+            packed, mask_indptr = mask_buf, indptr_buf
         if graph is not None:  # the grid, the tile and every pointer stay those of the first plan
             tile, max_work = graph["tile"], graph["max_work"]
             chunk = max(int(seq_lens_h.max()) if batch else 1, 1)  # no KV split: no merge launch to capture
@@ -177,21 +187,32 @@ class _BatchPrefillWrapper:
         if batch != self._fixed_batch:
             raise ValueError(f"this CUDA-graph wrapper was built for batch size {self._fixed_batch}, got {batch}")
         if packed is not None:
-            raise NotImplementedError("custom masks in CUDA-graph mode are not supported yet")
+            for name, buf, dtypes in (("custom_mask_buf", self._mask_buffers[0], (torch.uint8,)),
+                                      ("mask_indptr_buf", self._mask_buffers[1], (torch.int32, torch.int64))):
+                if buf is None:
+                    raise ValueError(f"a custom mask in CUDA-graph mode needs {name} (a device tensor the plan "
+                                     "writes into)")
+                V.check_tensor(name, buf, 1)
+                V.check_dtype(name, buf, dtypes)
+            if self._mask_buffers[1].shape[0] < batch + 1:
+                raise ValueError(f"mask_indptr_buf: expected at least {batch + 1} entries, got "
+                                 f"{self._mask_buffers[1].shape[0]}")
         if self._graph is None:
             tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(total_qo * group, 1),
                                 mode == PosEncodingMode.ROPE_LLAMA)
             max_work = max(triton.cdiv(total_qo * group, tile.block_m) + batch, 1)
             self._graph = dict(
-                max_qo=total_qo, tile=tile, max_work=max_work, heads=(num_qo_heads, head_dim_qk, head_dim_vo, mode),
+                max_qo=total_qo, tile=tile, max_work=max_work, has_mask=packed is not None,
+                heads=(num_qo_heads, head_dim_qk, head_dim_vo, mode),
                 buffer=torch.empty(buffer_len(batch, max_work) + total_qo + 1, dtype=torch.int32, device=self._device),
                 alibi=get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None)
         g = self._graph
         if total_qo > g["max_qo"]:
             raise ValueError(f"this CUDA-graph wrapper's first plan had {g['max_qo']} query tokens (the captured q); "
                              f"got {total_qo}")
-        if (num_qo_heads, head_dim_qk, head_dim_vo, mode) != g["heads"]:
-            raise ValueError("a CUDA-graph plan must keep the heads, head dims and pos_encoding_mode of the first")
+        if (num_qo_heads, head_dim_qk, head_dim_vo, mode) != g["heads"] or (packed is not None) != g["has_mask"]:
+            raise ValueError("a CUDA-graph plan must keep the heads, head dims, pos_encoding_mode and whether there "
+                             "is a custom mask of the first")
         return g
 
     def _replayed(self, key, tensors: dict, return_lse: bool):
@@ -261,7 +282,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
                  custom_mask_buf: Optional[torch.Tensor] = None, mask_indptr_buf: Optional[torch.Tensor] = None,
                  backend: str = "auto", jit_args: Optional[Any] = None, jit_kwargs: Optional[Any] = None) -> None:
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
-                         dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf))
+                         dict(qo_indptr_buf=qo_indptr_buf, kv_indptr_buf=kv_indptr_buf),
+                         (custom_mask_buf, mask_indptr_buf))
 
     def plan(self, qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, num_qo_heads: int, num_kv_heads: int,
              head_dim_qk: int, head_dim_vo: Optional[int] = None, custom_mask: Optional[torch.Tensor] = None,
@@ -346,7 +368,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
         super().__init__(float_workspace_buffer, kv_layout, use_cuda_graph, backend,
                          dict(qo_indptr_buf=qo_indptr_buf, paged_kv_indptr_buf=paged_kv_indptr_buf,
                               paged_kv_indices_buf=paged_kv_indices_buf,
-                              paged_kv_last_page_len_buf=paged_kv_last_page_len_buf))
+                              paged_kv_last_page_len_buf=paged_kv_last_page_len_buf),
+                         (custom_mask_buf, mask_indptr_buf))
 
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
              paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
