@@ -1,7 +1,9 @@
 """Compile, for sm_90 and with no GPU, every kernel variant the CPU test run launched.
 
 The interpreter accepts code that the GPU compiler rejects (`break`, tiny dots, shared-memory
-overflow); this closes that gap. The CPU run launches the attention kernels with the
+overflow); this closes that gap. Variants carry Triton's specialisation as the GPU launch would
+make it (16-byte divisibility of pointers and ints, ints equal to 1 as constants), so software
+pipelining, and the shared memory it takes, are those of the GPU build. The CPU run launches the attention kernels with the
 interpreter's small tiles, so each of their variants is also compiled with the tile the GPU
 would pick for it (its "GPU twin"). Usage: python tools/aot_check.py DIR  (DIR holds the
 variants-*.jsonl files written when PYFLASHINFER_RECORD_VARIANTS=DIR). Exits 1 on any failure.
@@ -29,7 +31,9 @@ def _compile(entry: dict) -> tuple[str, str]:
     kernel = getattr(importlib.import_module(entry["module"]), entry["name"])
     label = f"{entry['name']}{sorted((k, v) for k, v in entry['constexprs'].items() if v is not None)}"
     try:
-        src = ASTSource(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"])
+        names = kernel.arg_names  # attrs are keyed by position in the kernel's parameters
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, d in entry.get("attrs", {}).items() if d == "D"}
+        src = ASTSource(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"], attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]})
         if ck.metadata.shared > SMEM_LIMIT:

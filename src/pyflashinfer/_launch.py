@@ -28,20 +28,33 @@ def _is_constexpr(param: inspect.Parameter) -> bool:
 
 
 def _record(kernel, kwargs: dict, num_warps: int, num_stages: int) -> None:
+    """Record the variant as the GPU would specialise it: Triton's own rules (an int equal to 1
+    becomes a constant; pointers and ints that are multiples of 16 are marked "D", divisible),
+    except for the kernel's do_not_specialize arguments."""
     global _record_file
-    from triton.runtime.jit import mangle_type
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
 
     fn = getattr(kernel, "fn", kernel)
-    sig, consts = {}, {}
+    jit_kwargs = getattr(kernel, "kwargs", None) or {}
+    fixed = set(jit_kwargs.get("do_not_specialize") or getattr(kernel, "do_not_specialize", None) or [])
+    sig, consts, attrs = {}, {}, {}
     for name, param in inspect.signature(fn).parameters.items():
         value = kwargs.get(name, param.default)
         if _is_constexpr(param) or value is None:
             sig[name] = "constexpr"
             consts[name] = value
+            continue
+        kind, spec = native_specialize_impl(BaseBackend, value, False, name not in fixed, True)
+        if kind == "constexpr":
+            sig[name] = "constexpr"
+            consts[name] = spec
         else:
-            sig[name] = mangle_type(value)
+            sig[name] = kind
+            if spec == "D":
+                attrs[name] = "D"
     entry = {"module": fn.__module__, "name": fn.__name__, "signature": sig, "constexprs": consts,
-             "num_warps": num_warps, "num_stages": num_stages}
+             "attrs": attrs, "num_warps": num_warps, "num_stages": num_stages}
     key = json.dumps(entry, sort_keys=True)
     if key in _seen:
         return
