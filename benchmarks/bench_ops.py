@@ -21,13 +21,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dry_run  # noqa: E402  (before torch: may switch the interpreter on)
+
 ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ARGS.add_argument("--dry-run", action="store_true", help="CPU interpreter, tiny shapes, no real timing")
+ARGS.add_argument("--dry-run", action="store_true", help=dry_run.HELP)
 ARGS.add_argument("--only", default="", help="comma-separated op names to run (default: all)")
 ARGS.add_argument("--profile", action="store_true", help="only: host time per call on tiny shapes, cProfiled")
 OPTS = ARGS.parse_args()
-if OPTS.dry_run:  # must precede the first import of a module that defines kernels
-    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
