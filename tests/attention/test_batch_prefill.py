@@ -246,14 +246,17 @@ def _graph_plan_and_run(w, paged, qo_lens, kv_lens, q_rows, device, h_qo=8, h_kv
 @pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
 def test_cuda_graph_mode_replans(paged, device):
     """The CUDA-graph code path (nothing captured here): the first plan fixes the batch, the
-    token bound, the grid and the plan buffer; later plans with other lengths reuse them."""
-    w = _graph_wrapper(paged, 3, 64, device)
+    token bound, the grid, the plan buffer and the partial-state views; later plans with other
+    lengths reuse them, splitting long KV where the batch is small."""
+    w = _graph_wrapper(paged, 3, 128, device)
     _graph_plan_and_run(w, paged, [5, 9, 2], [5, 40, 30], 16, device)
     first = w.plan_value
-    for qo_lens, kv_lens in (([1, 12, 3], [100, 12, 3]), ([2, 0, 2], [2, 7, 90])):
+    for qo_lens, kv_lens, split in (([1, 12, 3], [100, 12, 3], False), ([2, 0, 2], [2, 7, 90], False),
+                                    ([6, 1, 2], [700, 1, 400], True)):
         _graph_plan_and_run(w, paged, qo_lens, kv_lens, 16, device)
         plan = w.plan_value
-        assert plan.buffer is first.buffer and plan.num_work == first.num_work and plan.num_partials == 0
+        assert plan.buffer is first.buffer and plan.num_work == first.num_work
+        assert plan.part_o.data_ptr() == first.part_o.data_ptr() and (plan.num_partials > 0) == split
     with pytest.raises(ValueError, match="query tokens"):
         _graph_plan_and_run(w, paged, [10, 9, 2], [10, 9, 2], 21, device, run=False)
     with pytest.raises(ValueError, match="batch size"):
@@ -264,7 +267,7 @@ def test_cuda_graph_mode_replans(paged, device):
 @pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
 def test_cuda_graph_replay_after_replan(paged, device):
     """Capture run() under plan A, re-plan B (other lengths, same batch, no more tokens, the
-    same K/V storage), replay, compare B with the reference."""
+    same K/V storage; B splits its long KV), replay, compare B with the reference."""
     h_qo, h_kv, d, page, rows = 8, 2, 64, 16, 200
     qo_a, kv_a = [64, 100, 36], [64, 100, 36]
     qo_b, kv_b = [10, 150, 1], [900, 150, 2000]
@@ -302,6 +305,7 @@ def test_cuda_graph_replay_after_replan(paged, device):
     else:
         w.plan(_i32(_indptr(qo_b), device), _i32(_indptr(kv_b), device), h_qo, h_kv, d, causal=True,
                q_data_type=BF16)
+    assert w.plan_value.num_partials > 0, "plan B should split its long KV"
     q[: sum(qo_b)] = torch.cat(qs)
     out.fill_(float("nan"))
     g.replay()

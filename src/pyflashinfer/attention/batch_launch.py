@@ -135,7 +135,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     sec = [plan.buffer[section(plan.batch_size, plan.num_work, i)[0]:] for i in range(4)]
     kp, kn, kh, vp, vn, vh = strides
     use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
-    split = plan.num_partials > 0
+    split = plan.part_o is not None  # a split plan, or any CUDA-graph plan (which may split later)
     part_o, part_lse = plan.part_o, plan.part_lse
     attn = launch(
         attention_fwd_kernel, (plan.num_work, plan.num_kv_heads, 1), num_warps=plan.num_warps,

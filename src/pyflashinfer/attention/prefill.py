@@ -128,17 +128,16 @@ class _BatchPrefillWrapper:
             packed, mask_indptr = mask_buf, indptr_buf
         if graph is not None:  # the grid, the tile and every pointer stay those of the first plan
             tile, max_work = graph["tile"], graph["max_work"]
-            chunk = max(int(seq_lens_h.max()) if batch else 1, 1)  # no KV split: no merge launch to capture
         else:
             max_rows = int(qo_lens.max()) * group if batch else 1
             tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1),
                                 mode == PosEncodingMode.ROPE_LLAMA)
-            tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
-            min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
-            chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, num_sms(self._device), tile.block_n, min_chunk,
-                                 None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
-                                 disable_split_kv)
             max_work = None
+        tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
+        min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
+        chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, num_sms(self._device), tile.block_n, min_chunk,
+                             None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
+                             disable_split_kv)
         host, num_work, num_partials = build_prefill_buffer(
             qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m, causal=bool(causal) and packed is None,
             chunk=chunk, pin=self._device.type == "cuda", max_work=max_work,
@@ -150,15 +149,13 @@ class _BatchPrefillWrapper:
             buf = torch.empty(host.numel(), dtype=torch.int32, device=self._device)
         buf.copy_(host, non_blocking=non_blocking)
         part_o = part_lse = None
-        if num_partials:  # split requests' partial states live in the float workspace
-            need = num_partials * num_qo_heads * (head_dim_vo + 1) * 4
-            have = self._workspace.numel() * self._workspace.element_size()
-            if have < need:
-                raise ValueError(f"float_workspace_buffer: this plan needs {need} bytes for split-KV partial states, "
-                                 f"the buffer has {have}; pass a larger one or disable_split_kv=True")
-            ws = self._workspace.view(torch.uint8)[:need].view(torch.float32)
-            part_o = ws[: num_partials * num_qo_heads * head_dim_vo].view(num_partials, num_qo_heads, head_dim_vo)
-            part_lse = ws[num_partials * num_qo_heads * head_dim_vo:].view(num_partials, num_qo_heads)
+        if graph is not None:  # fixed views sized for the most partial rows a graph plan may write
+            part_o, part_lse = graph["partials"]
+            if num_partials > part_o.shape[0]:
+                raise ValueError(f"this plan writes {num_partials} partial rows, the CUDA-graph workspace holds "
+                                 f"{part_o.shape[0]}; pass a smaller fixed_split_size or disable_split_kv=True")
+        elif num_partials:  # split requests' partial states live in the float workspace
+            part_o, part_lse = self._partials(num_partials, num_qo_heads, head_dim_vo)
         self._plan = PrefillPlan(
             batch_size=batch, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim_qk=head_dim_qk,
             head_dim_vo=head_dim_vo, page_size=page_size, q_dtype=q_dtype, kv_dtype=kv_dtype, o_dtype=o_dtype,
@@ -178,10 +175,23 @@ class _BatchPrefillWrapper:
             self._alibi = get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None
         self._replay = self._replay_key = self._replay_cache = None
 
+    def _partials(self, rows: int, num_qo_heads: int, head_dim_vo: int):
+        """fp32 views of the float workspace for `rows` partial states: [rows, H, D_vo], [rows, H]."""
+        need = rows * num_qo_heads * (head_dim_vo + 1) * 4
+        have = self._workspace.numel() * self._workspace.element_size()
+        if have < need:
+            raise ValueError(f"float_workspace_buffer: this plan needs {need} bytes for split-KV partial states, "
+                             f"the buffer has {have}; pass a larger one or disable_split_kv=True")
+        ws = self._workspace.view(torch.uint8)[:need].view(torch.float32)
+        return (ws[: rows * num_qo_heads * head_dim_vo].view(rows, num_qo_heads, head_dim_vo),
+                ws[rows * num_qo_heads * head_dim_vo:].view(rows, num_qo_heads))
+
     def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode):
         """CUDA-graph mode: what the first plan fixes for every later one (None in eager mode).
         The captured q holds the first plan's tokens: later plans may have any lengths with at
-        most that many tokens in all. Their grid is a bound on the row tiles (no KV split)."""
+        most that many tokens in all. The grid bounds the row tiles, or the work of a split plan
+        (which the planner keeps within two waves of programs); the partial states get the rows
+        such a split may write, and the merge is always launched (it skips unsplit rows)."""
         if not self._use_cuda_graph:
             return None
         if batch != self._fixed_batch:
@@ -200,9 +210,11 @@ class _BatchPrefillWrapper:
         if self._graph is None:
             tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(total_qo * group, 1),
                                 mode == PosEncodingMode.ROPE_LLAMA)
-            max_work = max(triton.cdiv(total_qo * group, tile.block_m) + batch, 1)
+            split_work = triton.cdiv(2 * num_sms(self._device), num_qo_heads // group)
+            max_work = max(triton.cdiv(total_qo * group, tile.block_m) + batch, split_work, 1)
             self._graph = dict(
                 max_qo=total_qo, tile=tile, max_work=max_work, has_mask=packed is not None,
+                partials=self._partials(split_work * triton.cdiv(tile.block_m, group), num_qo_heads, head_dim_vo),
                 heads=(num_qo_heads, head_dim_qk, head_dim_vo, mode),
                 buffer=torch.empty(buffer_len(batch, max_work) + total_qo + 1, dtype=torch.int32, device=self._device),
                 alibi=get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None)
