@@ -87,3 +87,14 @@ def decode_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs):
     """One query token (q [H_qo, D]) at position kv_len - 1: attention_ref with qo_len = 1."""
     o, lse = attention_ref(q[None], k, v, **kwargs)
     return o[0], lse[0]
+
+
+def merge_states_ref(vs, ss, compute_dtype: torch.dtype = torch.float32):
+    """Merge attention states: vs [S] tensors [L, H, D], ss [S] base-2 LSEs [L, H] ->
+    (v, s) as log2(sum 2^s_i) and the 2^s_i-weighted mean of v_i; no state (all -inf) -> 0, -inf."""
+    cd = compute_dtype
+    s = torch.stack([x.float() for x in ss])                               # [S, L, H]
+    lse = torch.logsumexp(s * math.log(2.0), dim=0) / math.log(2.0)        # [L, H]
+    w = torch.exp2(s - lse.nan_to_num(0.0, neginf=0.0)[None]).nan_to_num(0.0).to(cd)
+    v = (torch.stack([x.to(cd) for x in vs]) * w[..., None]).sum(0)
+    return v.nan_to_num(0.0), lse

@@ -62,3 +62,37 @@ def merge_states_kernel(
     if WRITE_LSE:
         lse = tl.where(empty, float("-inf"), m + tl.log2(l_safe))
         tl.store(lse_ptr + n * stride_ln + h * stride_lh + tl.zeros([1], dtype=tl.int32), lse)
+
+
+@triton.jit(do_not_specialize=["num_heads"])
+def merge_pair_kernel(
+    va_ptr, sa_ptr, vb_ptr, sb_ptr, vo_ptr, so_ptr, mask_ptr,
+    stride_van, stride_vah, stride_san, stride_sah, stride_vbn, stride_vbh, stride_sbn, stride_sbh,
+    stride_von, stride_voh, stride_son, stride_soh, num_heads,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_MASK: tl.constexpr,
+):
+    """Two states into one: (va, sa) + (vb, sb) -> (vo, so), which may be (va, sa) itself.
+    With HAS_MASK, rows whose mask byte is 0 are left as they are. One program per (row, head)."""
+    pid = tl.program_id(0)
+    n = (pid // num_heads).to(tl.int64)
+    h = pid % num_heads
+    if HAS_MASK:
+        if tl.load(mask_ptr + n) == 0:
+            return
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    one = tl.zeros([1], dtype=tl.int32)
+    sa = tl.load(sa_ptr + n * stride_san + h * stride_sah + one)
+    sb = tl.load(sb_ptr + n * stride_sbn + h * stride_sbh + one)
+    m = tl.maximum(sa, sb)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    wa = tl.exp2(sa - m_safe)
+    wb = tl.exp2(sb - m_safe)
+    va = tl.load(va_ptr + n * stride_van + h * stride_vah + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    vb = tl.load(vb_ptr + n * stride_vbn + h * stride_vbh + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    l = wa + wb
+    empty = l == 0.0
+    l_safe = tl.where(empty, 1.0, l)
+    out = (va * wa + vb * wb) / l_safe
+    tl.store(vo_ptr + n * stride_von + h * stride_voh + offs_d, out.to(vo_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(so_ptr + n * stride_son + h * stride_soh + one, tl.where(empty, float("-inf"), m + tl.log2(l_safe)))
