@@ -2,11 +2,13 @@
 
 `import pyflashinfer as flashinfer` works in code written for FlashInfer's public API.
 """
-from . import page, quantization, sampling, utils
+from . import cascade, page, quantization, sampling, utils
 from .attention import (
     BatchDecodeWithPagedKVCacheWrapper,
+    BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
     BatchPrefillWithPagedKVCacheWrapper,
     BatchPrefillWithRaggedKVCacheWrapper,
+    BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
     CUDAGraphBatchDecodeWithPagedKVCacheWrapper,
     MultiLevelCascadeAttentionWrapper,
     fast_decode_plan,

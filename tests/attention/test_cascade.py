@@ -92,3 +92,33 @@ def test_cascade_two_levels(device):
         # two bf16 roundings (each level's output) before the merge: allow both
         assert_close_policy(out[start: start + len(q)], o32, olp, name=f"out[{b}]", k=4)
         start += len(q)
+
+
+@pytest.mark.parametrize("kind", ["decode", "prefill"])
+def test_legacy_shared_prefix_wrappers(kind, device):
+    """Shared prefix (contiguous k/v) + each request's own pages equals attention over their
+    concatenation (causal on the whole for prefill: the prefix comes first)."""
+    h_qo, h_kv, d, page = 8, 2, 64, 16
+    own_lens = [20, 1, 35]
+    qo_lens = [1, 1, 1] if kind == "decode" else [4, 1, 6]
+    k_shared = torch.randn(30, h_kv, d, device=device).to(BF16)
+    v_shared = torch.randn(30, h_kv, d, device=device).to(BF16)
+    cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(own_lens, h_kv, d, page, BF16, device)
+    qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
+    ws = torch.empty(8 << 20, dtype=torch.uint8, device=device)
+    if kind == "decode":
+        w = flashinfer.BatchDecodeWithSharedPrefixPagedKVCacheWrapper(ws)
+        w.begin_forward(indptr, indices, last, h_qo, h_kv, d, page, data_type=BF16)
+        out = w.forward(torch.cat(qs), k_shared, v_shared, cache)
+    else:
+        w = flashinfer.BatchPrefillWithSharedPrefixPagedKVCacheWrapper(ws)
+        qo_indptr = torch.tensor([0, 4, 5, 11], dtype=torch.int32, device=device)
+        w.begin_forward(qo_indptr, indptr, indices, last, h_qo, h_kv, d, page)
+        out = w.forward(torch.cat(qs), k_shared, v_shared, cache, causal=True)
+    start = 0
+    for b, q in enumerate(qs):
+        k, v = torch.cat([k_shared.float(), ks[b]]), torch.cat([v_shared.float(), vs[b]])
+        o32, _ = attention_ref(q, k, v, causal=True)
+        olp, _ = attention_ref(q, k, v, causal=True, compute_dtype=BF16)
+        assert_close_policy(out[start: start + len(q)], o32, olp, name=f"out[{b}]", k=4)
+        start += len(q)

@@ -22,9 +22,12 @@ from .._launch import empty_output, launch
 from ..page import PagedKVCache
 from .kernels.merge import merge_pair_kernel
 from .launch import merge_states_into
+from .decode import BatchDecodeWithPagedKVCacheWrapper
 from .prefill import BatchPrefillWithPagedKVCacheWrapper
+from .single import single_prefill_with_kv_cache
 
-__all__ = ["merge_state", "merge_state_in_place", "merge_states", "MultiLevelCascadeAttentionWrapper"]
+__all__ = ["merge_state", "merge_state_in_place", "merge_states", "MultiLevelCascadeAttentionWrapper",
+           "BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper"]
 
 
 def _check_state(v_name: str, v: torch.Tensor, s_name: str, s: torch.Tensor, ndim: int) -> None:
@@ -175,6 +178,98 @@ class MultiLevelCascadeAttentionWrapper:
         return out
 
     forward = run
+
+    def end_forward(self) -> None:
+        """No-op, kept for compatibility."""
+
+
+def _with_shared_prefix(q, k_shared, v_shared, kv_layout, unique_out, unique_lse, **kw) -> torch.Tensor:
+    """Merge the unique-KV states with every query's attention over the shared prefix (all of
+    it: the prefix precedes each request's own keys)."""
+    o, s = single_prefill_with_kv_cache(q, k_shared, v_shared, causal=False, kv_layout=kv_layout, return_lse=True,
+                                        o_dtype=unique_out.dtype, **kw)
+    merge_state_in_place(unique_out, unique_lse, o, s)
+    return unique_out
+
+
+class BatchDecodeWithSharedPrefixPagedKVCacheWrapper:
+    r"""Legacy FlashInfer API: decode over a prefix shared by the whole batch (contiguous
+    ``k_shared``/``v_shared``) plus each request's own paged KV. Prefer
+    :class:`MultiLevelCascadeAttentionWrapper`.
+
+    Example::
+
+        w = BatchDecodeWithSharedPrefixPagedKVCacheWrapper(workspace)
+        w.begin_forward(kv_indptr, kv_indices, kv_last_page_len, 32, 8, 128, 16, data_type=torch.bfloat16)
+        out = w.forward(q, k_shared, v_shared, paged_kv_cache)
+    """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD") -> None:
+        self._layout = kv_layout
+        self._unique = BatchDecodeWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
+        self._unique.reset_workspace_buffer(float_workspace_buffer)
+
+    def begin_forward(self, unique_kv_indptr: torch.Tensor, unique_kv_indices: torch.Tensor,
+                      unique_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                      page_size: int, data_type: Any = "float16") -> None:
+        self._unique.plan(unique_kv_indptr, unique_kv_indices, unique_kv_last_page_len, num_qo_heads, num_kv_heads,
+                          head_dim, page_size, data_type=data_type)
+
+    def forward(self, q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, unique_kv_cache: PagedKVCache,
+                allow_fp16_qk_reduction: bool = False, sm_scale: Optional[float] = None,
+                rope_scale: Optional[float] = None, rope_theta: Optional[float] = None) -> torch.Tensor:
+        """q [B, H_qo, D]; k_shared/v_shared [prefix, H_kv, D] (kv_layout); -> out [B, H_qo, D]."""
+        if sm_scale is not None or rope_scale is not None or rope_theta is not None:
+            raise NotImplementedError("sm_scale/rope_* at forward(): use MultiLevelCascadeAttentionWrapper, whose "
+                                      "plan() takes them")
+        out, lse = self._unique.run(q, unique_kv_cache, return_lse=True)
+        return _with_shared_prefix(q, k_shared, v_shared, self._layout, out, lse)
+
+    def end_forward(self) -> None:
+        """No-op, kept for compatibility."""
+
+
+class BatchPrefillWithSharedPrefixPagedKVCacheWrapper:
+    r"""Legacy FlashInfer API: prefill over a prefix shared by the whole batch (contiguous
+    ``k_shared``/``v_shared``, seen in full by every query) plus each request's own paged KV
+    (causal there when asked). Prefer :class:`MultiLevelCascadeAttentionWrapper`.
+    """
+
+    def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD") -> None:
+        self._layout = kv_layout
+        self._unique = BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)
+        self._tables = None
+        self._planned = None
+
+    def reset_workspace_buffer(self, float_workspace_buffer: torch.Tensor, int_workspace_buffer=None) -> None:
+        self._unique.reset_workspace_buffer(float_workspace_buffer)
+
+    def begin_forward(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
+                      paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                      page_size: int) -> None:
+        """Keeps the page table; the plan is made at forward(), which takes causal and the scales."""
+        self._tables = (qo_indptr, paged_kv_indptr, paged_kv_indices, paged_kv_last_page_len, num_qo_heads,
+                        num_kv_heads, head_dim, page_size)
+        self._planned = None
+
+    def forward(self, q: torch.Tensor, k_shared: torch.Tensor, v_shared: torch.Tensor, unique_kv_cache: PagedKVCache,
+                causal: bool = False, use_fp16_qk_reduction: bool = False, sm_scale: Optional[float] = None,
+                rope_scale: Optional[float] = None, rope_theta: Optional[float] = None) -> torch.Tensor:
+        """q [qo_indptr[-1], H_qo, D] -> out of q's shape."""
+        if self._tables is None:
+            raise RuntimeError("forward() before begin_forward(): pass the batch's page table first")
+        if rope_scale is not None or rope_theta is not None:
+            raise NotImplementedError("rope_scale/rope_theta: no RoPE is applied by this legacy wrapper")
+        key = (causal, sm_scale, q.dtype, unique_kv_cache[0].dtype if isinstance(unique_kv_cache, (tuple, list))
+               else unique_kv_cache.dtype)
+        if self._planned != key:  # (re)plan for what forward() fixes
+            self._unique.plan(*self._tables, causal=causal, sm_scale=sm_scale, q_data_type=q.dtype,
+                              kv_data_type=key[3])
+            self._planned = key
+        out, lse = self._unique.run(q, unique_kv_cache, return_lse=True)
+        return _with_shared_prefix(q, k_shared, v_shared, self._layout, out, lse, sm_scale=sm_scale)
 
     def end_forward(self) -> None:
         """No-op, kept for compatibility."""
