@@ -1,12 +1,3 @@
 """FlashInfer's `flashinfer.cascade` names: attention-state merging and cascade attention."""
-from .attention.cascade import (
-    BatchDecodeWithSharedPrefixPagedKVCacheWrapper,
-    BatchPrefillWithSharedPrefixPagedKVCacheWrapper,
-    MultiLevelCascadeAttentionWrapper,
-    merge_state,
-    merge_state_in_place,
-    merge_states,
-)
-
-__all__ = ["BatchDecodeWithSharedPrefixPagedKVCacheWrapper", "BatchPrefillWithSharedPrefixPagedKVCacheWrapper",
-           "MultiLevelCascadeAttentionWrapper", "merge_state", "merge_state_in_place", "merge_states"]
+from .attention.cascade import *  # noqa: F401,F403
+from .attention.cascade import __all__  # noqa: F401
