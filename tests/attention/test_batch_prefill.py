@@ -211,13 +211,14 @@ def test_repeated_runs_replay_launches(paged, device):
 
 def _graph_wrapper(paged, batch, n_pages, device):
     i32 = dict(dtype=torch.int32, device=device)
+    ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)  # partial states of any split a graph plan makes
     if paged:
         return flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-            _ws(device), use_cuda_graph=True, qo_indptr_buf=torch.empty(batch + 1, **i32),
+            ws, use_cuda_graph=True, qo_indptr_buf=torch.empty(batch + 1, **i32),
             paged_kv_indptr_buf=torch.empty(batch + 1, **i32), paged_kv_indices_buf=torch.empty(n_pages, **i32),
             paged_kv_last_page_len_buf=torch.empty(batch, **i32))
     return flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
-        _ws(device), use_cuda_graph=True, qo_indptr_buf=torch.empty(batch + 1, **i32),
+        ws, use_cuda_graph=True, qo_indptr_buf=torch.empty(batch + 1, **i32),
         kv_indptr_buf=torch.empty(batch + 1, **i32))
 
 
