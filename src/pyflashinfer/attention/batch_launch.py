@@ -8,6 +8,7 @@ launches that the wrapper reuses while nothing but q/out/lse changes.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Optional
 
 import torch
@@ -91,19 +92,12 @@ def _merge_requests(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Ten
     return None
 
 
-def _paged_decode_impl(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, plan_buf: torch.Tensor,
-    part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
-    alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
-    block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
-    window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
-    use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor], two_phase: bool,
-) -> None:
-    _paged_decode_launch(q, k, v, kv_indices, plan_buf, part_o, part_lse, out, lse, alibi, batch, max_work, hnd,
-                         use_tensor_cores, block_n, num_warps, num_stages, merge, sm_scale, soft_cap, window_left,
-                         rope_rcp_scale, rope_log2_theta, v_scale, use_rope, use_alibi, q_len_per_req, block_m, sinks,
-                         two_phase)
+def _paged_decode_impl(*args, **kwargs) -> None:
+    _paged_decode_launch(*args, **kwargs)
 
+
+# The custom op's schema is the launcher's signature; the op returns nothing (its Replays stay eager).
+_paged_decode_impl.__signature__ = inspect.signature(_paged_decode_launch).replace(return_annotation=None)
 
 _op = torch.library.custom_op("pyflashinfer::paged_decode", mutates_args=("part_o", "part_lse", "out", "lse"))(
     _paged_decode_impl)
