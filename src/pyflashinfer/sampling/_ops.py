@@ -16,59 +16,57 @@ from .kernels.speculative import chain_speculative_kernel
 from .kernels.topk import topk_filter_kernel
 
 
+def _launch_rows(kernel, num_rows: int, width: int, /, *, radix: bool = False, **kwargs) -> None:
+    """Launch a row kernel over num_rows rows of `width` values (nothing for no rows): the
+    tile (rows per program, vocabulary block, warps) from row_tile; radix kernels also take
+    its RADIX_BITS."""
+    if num_rows == 0:
+        return
+    tile = row_tile(num_rows, width)
+    if radix:
+        kwargs["RADIX_BITS"] = tile.radix_bits
+    launch(kernel, (cdiv(num_rows, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
+           ROWS=tile.rows, BLOCK=tile.block, **kwargs)
+
+
 def _sample_impl(x: torch.Tensor, samples: torch.Tensor, valid: torch.Tensor, indices: Optional[torch.Tensor],
                  top_k_t: Optional[torch.Tensor], top_p_t: Optional[torch.Tensor], min_p_t: Optional[torch.Tensor],
                  seed_t: Optional[torch.Tensor], offset_t: Optional[torch.Tensor], top_k: int, top_p: float,
                  min_p: float, seed: int, offset: int, seed_stride: int, offset_stride: int, is_logits: bool,
                  top_k_mode: int, has_top_p: bool, has_min_p: bool) -> None:
     batch, vocab = samples.shape[0], x.shape[1]
-    if batch == 0:
-        return
-    tile = row_tile(batch, vocab)
-    launch(sampling_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
-           x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices,
-           top_k_ptr=top_k_t, top_p_ptr=top_p_t, min_p_ptr=min_p_t, seed_ptr=seed_t, offset_ptr=offset_t,
-           stride_x=x.stride(0), batch=batch, vocab=vocab, top_k=top_k, top_p=top_p, min_p=min_p,
-           seed=seed, offset=offset, seed_stride=seed_stride, offset_stride=offset_stride,
-           IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
-           HAS_TOP_P=has_top_p, HAS_MIN_P=has_min_p, TOP_K_PER_ROW=top_k_t is not None,
-           TOP_P_PER_ROW=top_p_t is not None, MIN_P_PER_ROW=min_p_t is not None,
-           SEED_IN_TENSOR=seed_t is not None, OFFSET_IN_TENSOR=offset_t is not None,
-           MAX_ROUNDS=MAX_SAMPLING_ROUNDS, ROWS=tile.rows, BLOCK=tile.block, RADIX_BITS=tile.radix_bits)
+    _launch_rows(sampling_kernel, batch, vocab, radix=True,
+                 x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices,
+                 top_k_ptr=top_k_t, top_p_ptr=top_p_t, min_p_ptr=min_p_t, seed_ptr=seed_t, offset_ptr=offset_t,
+                 stride_x=x.stride(0), batch=batch, vocab=vocab, top_k=top_k, top_p=top_p, min_p=min_p,
+                 seed=seed, offset=offset, seed_stride=seed_stride, offset_stride=offset_stride,
+                 IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
+                 HAS_TOP_P=has_top_p, HAS_MIN_P=has_min_p, TOP_K_PER_ROW=top_k_t is not None,
+                 TOP_P_PER_ROW=top_p_t is not None, MIN_P_PER_ROW=min_p_t is not None,
+                 SEED_IN_TENSOR=seed_t is not None, OFFSET_IN_TENSOR=offset_t is not None,
+                 MAX_ROUNDS=MAX_SAMPLING_ROUNDS)
 
 
 def _softmax_impl(x: torch.Tensor, out: torch.Tensor, temp_t: Optional[torch.Tensor], temperature: float) -> None:
     batch, vocab = x.shape
-    if batch == 0:
-        return
-    tile = row_tile(batch, vocab)
-    launch(softmax_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
-           x_ptr=x, out_ptr=out, temp_ptr=temp_t, stride_x=x.stride(0), stride_out=out.stride(0),
-           batch=batch, vocab=vocab, temperature=temperature, HAS_TEMP_TENSOR=temp_t is not None,
-           ROWS=tile.rows, BLOCK=tile.block)
+    _launch_rows(softmax_kernel, batch, vocab, x_ptr=x, out_ptr=out, temp_ptr=temp_t, stride_x=x.stride(0),
+                 stride_out=out.stride(0), batch=batch, vocab=vocab, temperature=temperature,
+                 HAS_TEMP_TENSOR=temp_t is not None)
 
 
 def _topk_filter_impl(x: torch.Tensor, out: torch.Tensor, top_k_t: Optional[torch.Tensor], top_k: int,
                       renorm: bool) -> None:
     batch, vocab = x.shape
-    if batch == 0:
-        return
-    tile = row_tile(batch, vocab)
-    launch(topk_filter_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
-           x_ptr=x, out_ptr=out, top_k_ptr=top_k_t, stride_x=x.stride(0), stride_out=out.stride(0),
-           batch=batch, vocab=vocab, top_k=top_k, TOP_K_PER_ROW=top_k_t is not None, RENORM=renorm,
-           ROWS=tile.rows, BLOCK=tile.block, RADIX_BITS=tile.radix_bits)
+    _launch_rows(topk_filter_kernel, batch, vocab, radix=True, x_ptr=x, out_ptr=out, top_k_ptr=top_k_t,
+                 stride_x=x.stride(0), stride_out=out.stride(0), batch=batch, vocab=vocab, top_k=top_k,
+                 TOP_K_PER_ROW=top_k_t is not None, RENORM=renorm)
 
 
 def _top_p_renorm_impl(x: torch.Tensor, out: torch.Tensor, top_p_t: Optional[torch.Tensor], top_p: float) -> None:
     batch, vocab = x.shape
-    if batch == 0:
-        return
-    tile = row_tile(batch, vocab)
-    launch(top_p_renorm_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
-           x_ptr=x, out_ptr=out, top_p_ptr=top_p_t, stride_x=x.stride(0), stride_out=out.stride(0),
-           batch=batch, vocab=vocab, top_p=top_p, TOP_P_PER_ROW=top_p_t is not None,
-           MAX_ROUNDS=MAX_RENORM_ROUNDS, ROWS=tile.rows, BLOCK=tile.block)
+    _launch_rows(top_p_renorm_kernel, batch, vocab, x_ptr=x, out_ptr=out, top_p_ptr=top_p_t, stride_x=x.stride(0),
+                 stride_out=out.stride(0), batch=batch, vocab=vocab, top_p=top_p,
+                 TOP_P_PER_ROW=top_p_t is not None, MAX_ROUNDS=MAX_RENORM_ROUNDS)
 
 
 def _speculative_impl(draft: torch.Tensor, ids: torch.Tensor, target: torch.Tensor, out: torch.Tensor,
@@ -76,17 +74,13 @@ def _speculative_impl(draft: torch.Tensor, ids: torch.Tensor, target: torch.Tens
                       offset_t: Optional[torch.Tensor], seed: int, offset: int, seed_stride: int,
                       offset_stride: int) -> None:
     batch, n, vocab = draft.shape
-    if batch == 0:
-        return
-    tile = row_tile(batch, vocab)
-    launch(chain_speculative_kernel, (cdiv(batch, tile.rows),), num_warps=tile.num_warps,
-           num_stages=tile.num_stages, draft_ptr=draft, ids_ptr=ids, target_ptr=target, out_ptr=out,
-           accepted_ptr=accepted, emitted_ptr=emitted, seed_ptr=seed_t, offset_ptr=offset_t,
-           batch=batch, num_spec=n, vocab=vocab, stride_db=draft.stride(0), stride_dn=draft.stride(1),
-           stride_ib=ids.stride(0), stride_tb=target.stride(0), stride_tn=target.stride(1), stride_ob=out.stride(0),
-           seed=seed, offset=offset, seed_stride=seed_stride, offset_stride=offset_stride,
-           SEED_IN_TENSOR=seed_t is not None, OFFSET_IN_TENSOR=offset_t is not None,
-           ROWS=tile.rows, BLOCK=tile.block)
+    _launch_rows(chain_speculative_kernel, batch, vocab, draft_ptr=draft, ids_ptr=ids, target_ptr=target,
+                 out_ptr=out, accepted_ptr=accepted, emitted_ptr=emitted, seed_ptr=seed_t, offset_ptr=offset_t,
+                 batch=batch, num_spec=n, vocab=vocab, stride_db=draft.stride(0), stride_dn=draft.stride(1),
+                 stride_ib=ids.stride(0), stride_tb=target.stride(0), stride_tn=target.stride(1),
+                 stride_ob=out.stride(0), seed=seed, offset=offset, seed_stride=seed_stride,
+                 offset_stride=offset_stride, SEED_IN_TENSOR=seed_t is not None,
+                 OFFSET_IN_TENSOR=offset_t is not None)
 
 
 def _register(name: str, impl, mutates: tuple):
