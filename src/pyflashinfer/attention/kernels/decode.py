@@ -38,6 +38,7 @@ def decode_fwd_kernel(
         kv_start = tl.load(kv_indptr_ptr + req)  # first page (PAGED) or first token
         row = req.to(tl.int64)
     else:
+        slot = -1  # final rows (a split's partial states go to stride_os instead)
         kv_start = tl.full([], 0, tl.int32)
         row = tl.program_id(0).to(tl.int64)
         lo = pid_s * kv_chunk
@@ -99,18 +100,15 @@ def decode_fwd_kernel(
         m_i = m_new
 
     if HAS_SINKS:  # a split request's partial states get theirs when merged
-        if BATCHED:
-            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_g, slot < 0)
-        else:
-            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_g, True)
+        acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_g, slot < 0)
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_g[:, None] & mask_dvo[None, :]
     rows = row + tl.zeros([BLOCK_G], dtype=tl.int64)
     if BATCHED:
         if slot >= 0:  # a partial state of a split request
-            p_row = slot.to(tl.int64)
-            tl.store(part_o_ptr + p_row * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :], out, mask=mask_o)
-            tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_g)
+            p_rows = slot.to(tl.int64) + tl.zeros([BLOCK_G], dtype=tl.int64)
+            store_out(part_o_ptr, part_lse_ptr, out, lse, p_rows, head, offs_dvo, mask_o, mask_g, 0, stride_pn,
+                      stride_ph, 0, stride_pln, stride_plh, True)
         else:
             store_out(o_ptr, lse_ptr, out, lse, rows, head, offs_dvo, mask_o, mask_g, 0, stride_on, stride_oh,
                       0, stride_ln, stride_lh, WRITE_LSE)

@@ -58,6 +58,7 @@ def attention_fwd_kernel(
     else:
         pid_m = tl.program_id(0)
         q_start = 0
+        slot = -1  # final rows (a split's partial states go to stride_os instead)
         kv_start = tl.full([], 0, tl.int32)
         lo = pid_s * kv_chunk
         hi = tl.minimum(lo + kv_chunk, kv_len)
@@ -143,10 +144,7 @@ def attention_fwd_kernel(
                     HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA, DOT_F16)
 
     if HAS_SINKS:  # a split request's partial states get theirs when merged
-        if HAS_PARTIALS:
-            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, slot < 0)
-        else:
-            acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, True)
+        acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, slot < 0)
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_m[:, None] & mask_dvo[None, :]
     if HAS_PARTIALS:  # batch plans that split KV: slot >= 0 writes a partial state
@@ -155,9 +153,8 @@ def attention_fwd_kernel(
                 p_row = (tl.load(part_indptr_ptr + q_start + tok, mask=mask_m, other=0) + slot).to(tl.int64)
             else:  # decode: a chunk's tokens sit side by side from its slot
                 p_row = (slot + tok).to(tl.int64)
-            tl.store(part_o_ptr + p_row[:, None] * stride_pn + head[:, None] * stride_ph + offs_dvo[None, :],
-                     out, mask=mask_o)
-            tl.store(part_lse_ptr + p_row * stride_pln + head * stride_plh, lse, mask=mask_m)
+            store_out(part_o_ptr, part_lse_ptr, out, lse, p_row, head, offs_dvo, mask_o, mask_m, 0, stride_pn,
+                      stride_ph, 0, stride_pln, stride_plh, True)
         else:
             store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, 0, stride_on, stride_oh,
                       0, stride_ln, stride_lh, WRITE_LSE)
