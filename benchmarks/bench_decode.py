@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyflashinfer as flashinfer  # noqa: E402
-from benchmarks.common import copy_ceiling_gbs, host_profile, rel_err, table, time_graph, time_host  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    copy_ceiling_gbs, host_profile, rel_err, run_info, table, time_graph, time_host,
+)
 from benchmarks.workloads import DECODE  # noqa: E402
 from pyflashinfer.attention.reference import decode_ref  # noqa: E402
 
@@ -159,9 +161,7 @@ def main():
     if args.sweep:
         return sweep()
     torch.manual_seed(0)
-    import triton
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-               "date": time.strftime("%Y-%m-%d"), "copy GB/s": copy_ceiling_gbs()}
+    results = {**run_info(), "copy GB/s": copy_ceiling_gbs()}
     print(results, flush=True)
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     rows = []

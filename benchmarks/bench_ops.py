@@ -12,8 +12,6 @@ idle GPU; `graph` = per call inside a CUDA graph). GB/s counts the bytes each op
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import sys
 import time
@@ -24,18 +22,15 @@ from typing import Callable, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dry_run  # noqa: E402  (before torch: may switch the interpreter on)
 
-ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ARGS.add_argument("--dry-run", action="store_true", help=dry_run.HELP)
+ARGS = dry_run.parser(__doc__.splitlines()[0])
 ARGS.add_argument("--only", default="", help="comma-separated op names to run (default: all)")
 ARGS.add_argument("--profile", action="store_true", help="only: host time per call on tiny shapes, cProfiled")
 OPTS = ARGS.parse_args()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import triton  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
 import common  # noqa: E402
 
 if OPTS.dry_run:  # the interpreter needs the tests' bf16 fix (round-to-nearest casts)
@@ -44,7 +39,6 @@ if OPTS.dry_run:  # the interpreter needs the tests' bf16 fix (round-to-nearest 
 
     interp_patch.apply()
 
-import pyflashinfer as pyfi  # noqa: E402
 import pyflashinfer.activation as act  # noqa: E402
 import pyflashinfer.norm as norm  # noqa: E402
 import pyflashinfer.rope as rope  # noqa: E402
@@ -230,9 +224,7 @@ def main() -> int:
         print("bench_ops: no CUDA device; use --dry-run to exercise the script on CPU")
         return 2
     torch.manual_seed(0)
-    name = "CPU (Triton interpreter, dry run)" if OPTS.dry_run else torch.cuda.get_device_name()
-    print(f"# bench_ops: {name}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"pyflashinfer {pyfi.__version__}, {datetime.datetime.now().isoformat(timespec='minutes')}")
+    print(common.header_line("bench_ops", OPTS.dry_run))
     ceiling = None if OPTS.dry_run else common.copy_ceiling_gbs()
     if ceiling is not None:
         print(f"device-to-device copy ceiling: {ceiling:,.0f} GB/s (PERFORMANCE.md: {common.H100_COPY_GBS:,.0f})")

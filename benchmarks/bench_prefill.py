@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyflashinfer as flashinfer  # noqa: E402
-from benchmarks.common import H100_BF16_TFLOPS, host_profile, rel_err, table, time_graph, time_host  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    H100_BF16_TFLOPS, host_profile, rel_err, run_info, table, time_graph, time_host,
+)
 from benchmarks.workloads import PREFILL  # noqa: E402
 from pyflashinfer.attention.reference import attention_ref  # noqa: E402
 
@@ -241,9 +243,7 @@ def main():
     if args.profile:
         return profile()
     torch.manual_seed(0)
-    import triton
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-               "date": time.strftime("%Y-%m-%d")}
+    results = run_info()
     print(results, flush=True)
     ws = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
     rows = []

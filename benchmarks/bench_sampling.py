@@ -16,8 +16,6 @@ FlashInfer's figures are from ../shared/PERFORMANCE.md (H100, host-timed).
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
 import sys
 import time
@@ -26,20 +24,15 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dry_run  # noqa: E402  (before torch: may switch the interpreter on)
 
-ARGS = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ARGS.add_argument("--dry-run", action="store_true", help=dry_run.HELP)
+ARGS = dry_run.parser(__doc__.splitlines()[0])
 ARGS.add_argument("--sweep", action="store_true", help="time top-p sampling under each GPU tile config")
 ARGS.add_argument("--only", default="", help="comma-separated op names to run (default: all)")
 OPTS = ARGS.parse_args()
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _HERE)
 import common  # noqa: E402
 
-import pyflashinfer as pyfi  # noqa: E402
 import pyflashinfer.sampling as S  # noqa: E402
 import pyflashinfer.sampling._common as sampling_common  # noqa: E402
 import pyflashinfer.sampling._ops as sampling_ops  # noqa: E402
@@ -199,9 +192,7 @@ def main() -> int:
         print("bench_sampling: no CUDA device; use --dry-run to exercise the script on CPU")
         return 2
     torch.manual_seed(0)
-    name = "CPU (Triton interpreter, dry run)" if OPTS.dry_run else torch.cuda.get_device_name()
-    print(f"# bench_sampling: {name}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"pyflashinfer {pyfi.__version__}, {datetime.datetime.now().isoformat(timespec='minutes')}")
+    print(common.header_line("bench_sampling", OPTS.dry_run))
     only = {s for s in OPTS.only.split(",") if s}
     all_rows, failed = [], []
     for op, shape, sizes, target_us in WORKLOADS:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyflashinfer as flashinfer  # noqa: E402
-from benchmarks.common import copy_ceiling_gbs, rel_err, table, time_graph, time_host  # noqa: E402
+from benchmarks.common import copy_ceiling_gbs, rel_err, run_info, table, time_graph, time_host  # noqa: E402
 from benchmarks.workloads import DECODE  # noqa: E402
 from pyflashinfer.attention.reference import attention_ref  # noqa: E402
 
@@ -80,10 +80,7 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "date": time.strftime("%Y-%m-%d"), "copy GB/s": copy_ceiling_gbs()}
-    import triton
-    results["triton"] = triton.__version__
+    results = {**run_info(), "copy GB/s": copy_ceiling_gbs()}
     print(results, flush=True)
     bench_decode_latency(results)
     if args.out:

@@ -19,6 +19,25 @@ H100_COPY_GBS = 2982.0
 H100_BF16_TFLOPS = 779.0
 
 
+def run_info() -> dict:
+    """Where and when a benchmark ran (the header of its results): device, torch, triton, date."""
+    import triton
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def header_line(script: str, dry_run: bool) -> str:
+    """One comment line naming the device (or the CPU dry run), versions and time of a run."""
+    import datetime
+
+    import triton
+
+    import pyflashinfer
+    name = "CPU (Triton interpreter, dry run)" if dry_run else torch.cuda.get_device_name()
+    return (f"# {script}: {name}, torch {torch.__version__}, triton {triton.__version__}, "
+            f"pyflashinfer {pyflashinfer.__version__}, {datetime.datetime.now().isoformat(timespec='minutes')}")
+
+
 def time_host(fn: Callable[[], object], reps: int = 30, warmup: int = 5) -> float:
     """Median seconds of `reps` calls, each started from an idle GPU."""
     for _ in range(warmup):
