@@ -72,6 +72,8 @@ _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def _scratch(size: int, alignment: int, stream):
     """Global scratch for kernels that build tensor descriptors on the device."""
     return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
 _compiled: dict = {}
 
 
@@ -114,10 +116,10 @@ class Replay:
 def _check_names(kernel, kwargs: dict) -> None:
     """The interpreter ignores keyword arguments a kernel does not take; the GPU launcher
     rejects them. Reject them here too."""
-    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters
-    unknown = sorted(set(kwargs) - set(params))
+    fn = getattr(kernel, "fn", kernel)
+    unknown = sorted(set(kwargs) - set(inspect.signature(fn).parameters))
     if unknown:
-        raise TypeError(f"{kernel.__name__ if hasattr(kernel, '__name__') else kernel}: unexpected arguments {unknown}")
+        raise TypeError(f"{fn.__name__}: unexpected arguments {unknown}")
 
 
 def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -> Optional[Replay]:

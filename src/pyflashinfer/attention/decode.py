@@ -25,7 +25,7 @@ from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import paged_decode
 from .launch import Variant, _pow2, decode_tile
-from .host_checks import host_page_table, planned_dtypes, run_outputs
+from .host_checks import cache_ref, host_page_table, planned_dtypes, run_outputs, same_cache
 from .plan import DecodePlan, build_decode_buffer, buffer_len, choose_chunk, max_work_items
 
 _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_data_type", "kv_data_type",
@@ -72,15 +72,6 @@ def _fill(buf: torch.Tensor, src: torch.Tensor, non_blocking: bool) -> None:
     if src.data_ptr() == buf.data_ptr() and src.dtype == buf.dtype and src.stride() == buf.stride():
         return
     buf[: src.shape[0]].copy_(src, non_blocking=non_blocking)
-
-
-def _same_cache(a, b) -> bool:
-    """The same cache tensors: one object, or a (k, v) pair of the same objects (a fresh tuple
-    per call is the common way to pass a split cache)."""
-    if a is b:
-        return True
-    return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b) == 2 \
-        and a[0] is b[0] and a[1] is b[1]
 
 
 class BatchDecodeWithPagedKVCacheWrapper:
@@ -324,7 +315,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                None if out is None else (out.shape, out.dtype, out.device, out.stride()),
                None if lse is None or not return_lse else (lse.shape, lse.dtype, lse.device, lse.stride()),
                None if sinks is None else (sinks.shape, sinks.dtype, sinks.device, sinks.stride()))
-        if (self._replays is not None and plan is self._replay_plan and _same_cache(paged_kv_cache, self._replay_cache)
+        if (self._replays is not None and plan is self._replay_plan and same_cache(paged_kv_cache, self._replay_cache)
                 and sig == self._replay_sig and not args and kv_cache_sf is None
                 and skip_softmax_threshold_scale_factor is None and q_len_per_req in (None, plan.q_len_per_req)
                 and aligned16(q, out, lse, sinks) and not torch.compiler.is_compiling()):
@@ -385,8 +376,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
             sinks=sinks, two_phase=self._statics.two_phase)
         if replays is not None and all(r is not None for r, _ in replays) and \
                 aligned16(q, out, lse, sinks, cache.k, cache.v):
-            cache_ref = tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else paged_kv_cache
-            self._replays, self._replay_plan, self._replay_cache, self._replay_sig = replays, plan, cache_ref, sig
+            self._replays, self._replay_plan, self._replay_cache, self._replay_sig = \
+                replays, plan, cache_ref(paged_kv_cache), sig
         return (out, lse) if return_lse else out
 
     run_return_lse = functools.partialmethod(run, return_lse=True)

@@ -100,3 +100,17 @@ def run_outputs(out: Optional[torch.Tensor], lse: Optional[torch.Tensor], return
     else:
         V.check_out("lse", lse, o_shape[:2], torch.float32, device)
     return out, lse
+
+
+def cache_ref(paged_kv_cache):
+    """What run() keeps to know a paged cache again: the tensor, or its (k, v) pair as a tuple."""
+    return tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else paged_kv_cache
+
+
+def same_cache(a, b) -> bool:
+    """The same cache tensors: one object, or a (k, v) pair of the same objects (a fresh tuple
+    per call is the common way to pass a split cache)."""
+    if a is b:
+        return True
+    return isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b) == 2 \
+        and a[0] is b[0] and a[1] is b[1]

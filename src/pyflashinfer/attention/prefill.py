@@ -21,8 +21,7 @@ from .._launch import empty_output, replay_key
 from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import prefill_launch
-from .decode import _same_cache
-from .host_checks import host_indptr, host_page_table, planned_dtypes, run_outputs
+from .host_checks import cache_ref, host_indptr, host_page_table, planned_dtypes, run_outputs, same_cache
 from .launch import Variant, _pow2, prefill_tile
 from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk
 
@@ -47,7 +46,7 @@ class _BatchPrefillWrapper:
             self._graph_buffers = graph_buffers
             self._fixed_batch = graph_buffers["qo_indptr_buf"].shape[0] - 1
         self._mask_buffers = mask_buffers  # (custom_mask_buf uint8, mask_indptr_buf): graph plans with masks
-        self._graph = None  # what the first CUDA-graph plan fixed: (max tokens, tile, plan buffer, alibi)
+        self._graph = None  # what the first CUDA-graph plan fixed (see _graph_plan)
         if backend not in _BACKENDS:
             raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
         self._layout = kv_layout
@@ -246,9 +245,10 @@ class _BatchPrefillWrapper:
         return (out, lse) if return_lse else out
 
     def _run(self, q, k, v, kv_indices, strides, q_scale, k_scale, v_scale, out, lse, return_lse, window_left,
-             sinks):
-        """The checked launch; leaves its Replay in self._replay (the caller arms the fast path)."""
-        self._replay = self._replay_key = None
+             sinks, key, cache=None):
+        """The checked launch; arms the fast path for later calls of the same kind (`key`, and
+        the same paged cache object when there is one)."""
+        self._replay = self._replay_key = self._replay_cache = None
         plan = self._plan
         if plan is None:
             raise RuntimeError("run() before plan(): call plan() with the batch's indptrs first")
@@ -274,8 +274,8 @@ class _BatchPrefillWrapper:
             (1.0 if k_scale is None else float(k_scale))
         replays = prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sinks, sm_scale,
                                  1.0 if v_scale is None else float(v_scale))
-        if replays and all(r is not None for r, _ in replays):
-            self._replay = replays
+        if key is not None and replays and all(r is not None for r, _ in replays):
+            self._replay, self._replay_key, self._replay_cache = replays, key, cache
         return (out, lse) if return_lse else out
 
 
@@ -348,10 +348,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         V.check_last_dim_contiguous("k", k)
         V.check_last_dim_contiguous("v", v)
         strides = (0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1))
-        result = self._run(q, k, v, None, strides, q_scale, k_scale, v_scale, out, lse, return_lse, None, sinks)
-        if self._replay is not None:
-            self._replay_key = key
-        return result
+        return self._run(q, k, v, None, strides, q_scale, k_scale, v_scale, out, lse, return_lse, None, sinks, key)
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
 
@@ -427,7 +424,7 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
         sinks [H_qo]: attention-sink logits, as in the ragged wrapper's run()."""
         key = replay_key(q, out, lse if return_lse else None, return_lse, q_scale, k_scale, v_scale, window_left,
                          sinks) if not (args or kv_cache_sf is not None or unsupported) else None
-        if _same_cache(paged_kv_cache, self._replay_cache):
+        if same_cache(paged_kv_cache, self._replay_cache):
             done = self._replayed(key, dict(q_ptr=q, o_ptr=out, lse_ptr=lse, sinks_ptr=sinks), return_lse)
             if done is not None:
                 return done
@@ -443,12 +440,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_BatchPrefillWrapper):
                              f"{cache.head_dim}")
         strides = (cache.stride_page, cache.stride_tok, cache.stride_head,
                    cache.v_stride_page, cache.v_stride_tok, cache.v_stride_head)
-        result = self._run(q, cache.k, cache.v, self._kv_indices, strides, q_scale, k_scale, v_scale, out, lse,
-                           return_lse, window_left, sinks)
-        if self._replay is not None:
-            self._replay_key = key
-            self._replay_cache = tuple(paged_kv_cache) if isinstance(paged_kv_cache, (tuple, list)) else paged_kv_cache
-        return result
+        return self._run(q, cache.k, cache.v, self._kv_indices, strides, q_scale, k_scale, v_scale, out, lse,
+                         return_lse, window_left, sinks, key, cache_ref(paged_kv_cache))
 
     run_return_lse = functools.partialmethod(run, return_lse=True)
 
