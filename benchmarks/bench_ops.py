@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dry_run  # noqa: E402  (before torch: may switch the interpreter on)
+from dry_run import timers  # noqa: E402
 
 ARGS = dry_run.parser(__doc__.splitlines()[0])
 ARGS.add_argument("--only", default="", help="comma-separated op names to run (default: all)")
@@ -162,19 +162,6 @@ def silu_case(dev, rows, d) -> Case:
 
 BUILDERS = {"rmsnorm": rmsnorm_case, "fused_add_rmsnorm": fused_add_rmsnorm_case,
             "apply_rope_pos_ids": rope_case, "silu_and_mul": silu_case}
-
-
-def _cpu_time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def timers(dry_run: bool):
-    """(time_host, time_graph): common.py's on the GPU; one wall-clock call (and no graph) on CPU."""
-    if dry_run:
-        return _cpu_time, lambda fn: None
-    return common.time_host, common.time_graph
 
 
 def run_case(op: str, shape: str, sizes: dict, target_us: Optional[float], dev: str, dry_run: bool,

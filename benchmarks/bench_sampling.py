@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dry_run  # noqa: E402  (before torch: may switch the interpreter on)
+from dry_run import timers  # noqa: E402
 
 ARGS = dry_run.parser(__doc__.splitlines()[0])
 ARGS.add_argument("--sweep", action="store_true", help="time top-p sampling under each GPU tile config")
@@ -122,18 +122,6 @@ def build(op: str, dev: str, batch: int, vocab: int, scale: float):
                 lambda: _in_filter(S.min_p_sampling_from_probs(probs, 0.1, seed=1, offset=0),
                                    ref.min_p_mask(p64, 0.1)))
     raise KeyError(op)
-
-
-def _cpu_time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def timers(dry_run: bool):
-    if dry_run:
-        return _cpu_time, lambda fn: None
-    return common.time_host, common.time_graph
 
 
 def run_case(op, shape, sizes, target_us, dev, dry_run) -> tuple[list[dict], bool]:
