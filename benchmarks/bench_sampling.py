@@ -153,7 +153,7 @@ SWEEP_OPS = ("top_p_sampling_from_probs", "top_k_top_p_sampling_from_logits")
 def sweep(dev: str, dry_run: bool) -> list[dict]:
     """The two target ops at batch 128 x vocab 128256 under each (BLOCK, warps, stages): which
     config _common._GPU_TILES should hold."""
-    time_host, _ = timers(dry_run)
+    time_host, time_graph = timers(dry_run)
     sizes = DRY_SIZES if dry_run else dict(batch=128, vocab=128256)
     calls = {op: build(op, dev, scale=1.0, **sizes)[0] for op in SWEEP_OPS}
     rows, original = [], sampling_ops.row_tile
@@ -165,6 +165,8 @@ def sweep(dev: str, dry_run: bool) -> list[dict]:
             for op, fn in calls.items():
                 try:
                     row[op + " us"] = time_host(fn) * 1e6
+                    tg = time_graph(fn)
+                    row[op + " graph us"] = None if tg is None else tg * 1e6
                 except Exception as e:  # a config that does not compile: report, go on
                     row[op + " us"] = f"{type(e).__name__}"
             print(f"  sweep {row}", flush=True)
@@ -203,9 +205,9 @@ def main() -> int:
     print("\nx torch = torch's host time / this row's host time (above 1: faster than torch).")
     if OPTS.sweep:
         print("\n## batch 128 x vocab 128256 by GPU tile config (current: "
-              f"{sampling_common._GPU_TILES[8192]})")
+              f"{sampling_common._GPU_TILES[4096]})")
         print(common.table(sweep(dev, OPTS.dry_run), ["BLOCK", "num_warps", "num_stages"] +
-                           [op + " us" for op in SWEEP_OPS]))
+                           [op + s for op in SWEEP_OPS for s in (" us", " graph us")]))
     if failed:
         print(f"\nFAILED (wrong or crashed, not timed): {', '.join(failed)}")
     return 1 if failed else 0

@@ -77,3 +77,48 @@ def test_silu_and_mul_replays(device):
         x = torch.randn(*shape, device=device).to(BF16)
         out = flashinfer.silu_and_mul(x)
         assert_close_policy(out, act_and_mul_ref(x, "silu"), act_and_mul_ref(x, "silu", dtype=BF16), name="out")
+
+
+def test_sampling_replays_with_its_own_inputs(device):
+    """Sampling replays its launch with each call's probabilities, parameters and seed."""
+    probs = torch.softmax(torch.randn(4, 1000, device=device) * 3, -1)
+    first = flashinfer.top_p_sampling_from_probs(probs, 0.5, seed=7, offset=0)
+    for _ in range(2):  # replayed: same seed, same draws
+        assert torch.equal(flashinfer.top_p_sampling_from_probs(probs, 0.5, seed=7, offset=0), first)
+    flat = torch.full((4, 1000), 1e-3, device=device)
+    draws = torch.stack([flashinfer.top_p_sampling_from_probs(flat, 0.5, seed=s, offset=0) for s in range(8)])
+    assert len(set(draws.flatten().tolist())) > 8, "a new seed must give new draws"
+    one_hot = torch.zeros_like(probs)
+    one_hot[torch.arange(4), torch.tensor([3, 1, 4, 1])] = 1.0
+    assert flashinfer.top_p_sampling_from_probs(one_hot, 0.5, seed=7, offset=0).tolist() == [3, 1, 4, 1]
+    for k in ([1, 1, 1, 1], [1, 2, 1, 2], [1, 1, 1, 1]):  # per-row top_k tensors, read anew
+        top_k = torch.tensor(k, device=device)
+        s = flashinfer.top_k_sampling_from_probs(probs, top_k).long()
+        rank = (probs > probs.gather(1, s[:, None])).sum(1)
+        assert (rank < top_k).all()
+    unseeded = torch.stack([flashinfer.sampling_from_probs(flat) for _ in range(4)])
+    assert len(set(unseeded.flatten().tolist())) > 4, "no seed: a fresh one every call"
+
+
+def test_sampling_without_seed_follows_the_generator(device):
+    """No seed: eager calls take the generator's seed and offset (torch.manual_seed reproduces
+    them, and the offset moves on); inside a CUDA graph every replay draws anew."""
+    flat = torch.full((64, 1000), 1e-3, device=device)
+    torch.manual_seed(5)
+    a = flashinfer.sampling_from_probs(flat)
+    torch.manual_seed(5)
+    b = flashinfer.sampling_from_probs(flat)
+    assert torch.equal(a, b)
+    assert not torch.equal(b, flashinfer.sampling_from_probs(flat))
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        flashinfer.top_p_sampling_from_probs(flat, 0.5)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = flashinfer.top_p_sampling_from_probs(flat, 0.5)
+    g.replay()
+    first = out.clone()
+    g.replay()
+    assert not torch.equal(first, out)

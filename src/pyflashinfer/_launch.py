@@ -180,10 +180,10 @@ class ReplayCache:
         self._replays: dict = {}
         self._max = max_entries
 
-    def get(self, key: Optional[tuple]) -> Optional[Replay]:
+    def get(self, key: Optional[tuple]):
         return None if key is None else self._replays.get(key)
 
-    def put(self, key: Optional[tuple], replay: Optional[Replay]) -> None:
+    def put(self, key: Optional[tuple], replay) -> None:  # a Replay, or an op's list of them
         if key is None or replay is None:
             return
         if len(self._replays) >= self._max:

@@ -17,7 +17,7 @@ def gpu_tiles(monkeypatch):
     monkeypatch.setattr(common, "is_interpreting", lambda: False)
 
 
-@pytest.mark.parametrize("vocab", [111, 1500, 3000, 5000], ids=["tile1024", "tile2048", "tile4096", "tile8192"])
+@pytest.mark.parametrize("vocab", [111, 1500, 3000, 5000], ids=["tile1024", "tile2048", "tile4096", "tile4096x2"])
 def test_samplers(vocab, gpu_tiles, device):
     rows = 2
     logits = llm_logits(rows, vocab, scale=3.0)

@@ -37,13 +37,13 @@ class RowTile:
 
 
 # One program per row on the GPU, streaming the row in BLOCK-wide tiles: batch 128 fills the
-# 132 SMs of an H100 with one row each. Each tile ends in block-wide reductions, so the loads of
-# the next tile wait for them: the bytes in flight per SM are one tile. 8192 fp32 (32 KiB) on
-# 1024 threads is what FlashInfer keeps in flight (1024 threads x 4-wide x unroll 2; 134 us for
-# top-p sampling at batch 128 x vocab 128256 on an H100). 8 elements per thread at every size;
-# sm_90 compiles of all kernels at 8192/32 warps: 64 registers, no spills. Not yet measured on
-# the device: `python benchmarks/bench_sampling.py --sweep` times the alternatives.
-_GPU_TILES = {b: RowTile(1, b, b // 256, 1) for b in (1024, 2048, 4096, 8192)}
+# 132 SMs of an H100 with one row each. The filtered samplers keep per-lane sums (one value per
+# column of the tile, kernels/sample.py) instead of reducing every tile, so a pass streams like a
+# copy; they hold up to 7 such sums (top-p renorm; 8 with the joint top-k counts), which at 8
+# values a thread take 102-128 registers on sm_90 (ptxas -v) and spill at 32 warps (64 registers
+# a thread): 4096-wide tiles on 16 warps. `python benchmarks/bench_sampling.py --sweep` times the
+# alternatives.
+_GPU_TILES = {b: RowTile(1, b, b // 256, 1) for b in (1024, 2048, 4096)}
 # Under the interpreter the cost is per operation, not per element: many rows per program.
 _INTERP_ELEMS = 8192
 
@@ -55,7 +55,7 @@ def row_tile(batch: int, vocab: int) -> RowTile:
         # the warps only matter to tools/aot_check.py, which compiles these variants for sm_90 too:
         # 8 elements per thread, as on the GPU, keeps that compile (ptxas) quick
         return RowTile(rows, block, min(32, max(4, rows * block // 256)), 1)
-    block = min(8192, max(1024, triton.next_power_of_2(vocab)))
+    block = min(4096, max(1024, triton.next_power_of_2(vocab)))
     return _GPU_TILES[block]
 
 
@@ -136,11 +136,20 @@ def philox_args(seed, offset, generator: Optional[torch.Generator], device: torc
                 batch: int) -> dict:
     """Launcher arguments for the Philox key (seed) and counter base (offset).
 
-    Without an explicit (seed, offset) pair, a fresh int64 seed is drawn on the device from
-    `generator` (or torch's default generator of the device): no host sync, and each replay of
-    a captured CUDA graph draws a new one. Explicit values may be ints or int64/uint64 tensors
-    of length 1 or batch (tensors keep CUDA graphs replayable with new values)."""
+    Without an explicit (seed, offset) pair the randomness comes from `generator` (or torch's
+    default generator of the device): on a CUDA device outside graph capture, its seed and its
+    Philox offset, which the call advances on the host (no launch, no sync); otherwise a fresh
+    int64 seed drawn on the device, so that each replay of a captured CUDA graph draws anew.
+    Explicit values may be ints or int64/uint64 tensors of length 1 or batch (tensors keep CUDA
+    graphs replayable with new values)."""
     if seed is None or offset is None:
+        if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+            gen = generator if generator is not None else torch.cuda.default_generators[
+                device.index if device.index is not None else torch.cuda.current_device()]
+            base = gen.get_offset()
+            gen.set_offset(base + 4)  # CUDA generators move in steps of 4
+            return dict(seed_t=None, offset_t=None, seed=gen.initial_seed() & (2**63 - 1), offset=base,
+                        seed_stride=0, offset_stride=0)
         seed_t = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device, generator=generator)
         return dict(seed_t=seed_t, offset_t=None, seed=0, offset=0, seed_stride=0, offset_stride=0)
     if isinstance(seed, torch.Tensor) != isinstance(offset, torch.Tensor):

@@ -3,48 +3,63 @@ implementations) so that `torch.compile` can trace the public functions. Eager c
 dispatcher. Outputs are allocated by the callers and written in place."""
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
+import triton
 
-from .._launch import cdiv, launch
+from .._launch import Replay, cdiv, launch
 from ._common import MAX_RENORM_ROUNDS, MAX_SAMPLING_ROUNDS, row_tile
 from .kernels.renorm import top_p_renorm_kernel
 from .kernels.sample import sampling_kernel
 from .kernels.softmax import softmax_kernel
 from .kernels.speculative import chain_speculative_kernel
-from .kernels.topk import topk_filter_kernel
+from .kernels.topk import topk_filter_kernel, topk_threshold_kernel
 
 
-def _launch_rows(kernel, num_rows: int, width: int, /, *, radix: bool = False, **kwargs) -> None:
+def _launch_rows(kernel, num_rows: int, width: int, /, *, radix: bool = False, lanes: bool = False,
+                 **kwargs) -> Optional[Replay]:
     """Launch a row kernel over num_rows rows of `width` values (nothing for no rows): the
     tile (rows per program, vocabulary block, warps) from row_tile; radix kernels also take
-    its RADIX_BITS."""
+    its RADIX_BITS, kernels that draw by lanes (lane_draw) the TILES of one lane. Returns the
+    launch's Replay (None on CPU or for no rows)."""
     if num_rows == 0:
-        return
+        return None
     tile = row_tile(num_rows, width)
     if radix:
         kwargs["RADIX_BITS"] = tile.radix_bits
-    launch(kernel, (cdiv(num_rows, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
+    if lanes:
+        kwargs["TILES"] = triton.next_power_of_2(cdiv(width, tile.block))
+    return launch(kernel, (cdiv(num_rows, tile.rows),), num_warps=tile.num_warps, num_stages=tile.num_stages,
            ROWS=tile.rows, BLOCK=tile.block, **kwargs)
 
 
 def _sample_impl(x: torch.Tensor, samples: torch.Tensor, valid: torch.Tensor, indices: Optional[torch.Tensor],
-                 top_k_t: Optional[torch.Tensor], top_p_t: Optional[torch.Tensor], min_p_t: Optional[torch.Tensor],
-                 seed_t: Optional[torch.Tensor], offset_t: Optional[torch.Tensor], top_k: int, top_p: float,
-                 min_p: float, seed: int, offset: int, seed_stride: int, offset_stride: int, is_logits: bool,
-                 top_k_mode: int, has_top_p: bool, has_min_p: bool) -> None:
+                 thr: Optional[torch.Tensor], top_k_t: Optional[torch.Tensor], top_p_t: Optional[torch.Tensor],
+                 min_p_t: Optional[torch.Tensor], seed_t: Optional[torch.Tensor], offset_t: Optional[torch.Tensor],
+                 top_k: int, top_p: float, min_p: float, seed: int, offset: int, seed_stride: int,
+                 offset_stride: int, is_logits: bool, top_k_mode: int, has_top_p: bool,
+                 has_min_p: bool) -> Optional[list]:
+    """The sampling launch (after, in top_k_first mode, the radix select into thr [batch]
+    int32). Returns the launches' Replays (None on CPU or for no rows)."""
     batch, vocab = samples.shape[0], x.shape[1]
-    _launch_rows(sampling_kernel, batch, vocab, radix=True,
-                 x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices,
-                 top_k_ptr=top_k_t, top_p_ptr=top_p_t, min_p_ptr=min_p_t, seed_ptr=seed_t, offset_ptr=offset_t,
-                 stride_x=x.stride(0), batch=batch, vocab=vocab, top_k=top_k, top_p=top_p, min_p=min_p,
-                 seed=seed, offset=offset, seed_stride=seed_stride, offset_stride=offset_stride,
-                 IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
-                 HAS_TOP_P=has_top_p, HAS_MIN_P=has_min_p, TOP_K_PER_ROW=top_k_t is not None,
-                 TOP_P_PER_ROW=top_p_t is not None, MIN_P_PER_ROW=min_p_t is not None,
-                 SEED_IN_TENSOR=seed_t is not None, OFFSET_IN_TENSOR=offset_t is not None,
-                 MAX_ROUNDS=MAX_SAMPLING_ROUNDS)
+    replays = []
+    if top_k_mode == 1:
+        replays.append(_launch_rows(
+            topk_threshold_kernel, batch, vocab, radix=True, x_ptr=x, thr_ptr=thr, indices_ptr=indices,
+            top_k_ptr=top_k_t, stride_x=x.stride(0), batch=batch, vocab=vocab, top_k=top_k, IS_LOGITS=is_logits,
+            HAS_INDICES=indices is not None, TOP_K_PER_ROW=top_k_t is not None))
+    replays.append(_launch_rows(
+        sampling_kernel, batch, vocab, lanes=True,
+        x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices, top_k_ptr=top_k_t, top_p_ptr=top_p_t,
+        min_p_ptr=min_p_t, seed_ptr=seed_t, offset_ptr=offset_t, thr_ptr=thr, stride_x=x.stride(0), batch=batch,
+        vocab=vocab, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, offset=offset, seed_stride=seed_stride,
+        offset_stride=offset_stride, IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
+        HAS_TOP_P=has_top_p, HAS_MIN_P=has_min_p, TOP_K_PER_ROW=top_k_t is not None,
+        TOP_P_PER_ROW=top_p_t is not None, MIN_P_PER_ROW=min_p_t is not None, SEED_IN_TENSOR=seed_t is not None,
+        OFFSET_IN_TENSOR=offset_t is not None, MAX_ROUNDS=MAX_SAMPLING_ROUNDS))
+    return None if any(r is None for r in replays) else replays
 
 
 def _softmax_impl(x: torch.Tensor, out: torch.Tensor, temp_t: Optional[torch.Tensor], temperature: float) -> None:
@@ -64,7 +79,7 @@ def _topk_filter_impl(x: torch.Tensor, out: torch.Tensor, top_k_t: Optional[torc
 
 def _top_p_renorm_impl(x: torch.Tensor, out: torch.Tensor, top_p_t: Optional[torch.Tensor], top_p: float) -> None:
     batch, vocab = x.shape
-    _launch_rows(top_p_renorm_kernel, batch, vocab, x_ptr=x, out_ptr=out, top_p_ptr=top_p_t, stride_x=x.stride(0),
+    _launch_rows(top_p_renorm_kernel, batch, vocab, lanes=True, x_ptr=x, out_ptr=out, top_p_ptr=top_p_t, stride_x=x.stride(0),
                  stride_out=out.stride(0), batch=batch, vocab=vocab, top_p=top_p,
                  TOP_P_PER_ROW=top_p_t is not None, MAX_ROUNDS=MAX_RENORM_ROUNDS)
 
@@ -84,21 +99,28 @@ def _speculative_impl(draft: torch.Tensor, ids: torch.Tensor, target: torch.Tens
 
 
 def _register(name: str, impl, mutates: tuple):
-    op = torch.library.custom_op(f"pyflashinfer::{name}", mutates_args=mutates)(impl)
+    """`impl` as the custom op pyflashinfer::name (schema from impl's signature; the op returns
+    nothing) with a fake implementation, and the function the entry points call: the op while
+    torch.compile traces, else impl itself, whose Replay it returns."""
+    def op_impl(*args, **kwargs) -> None:
+        impl(*args, **kwargs)
+
+    op_impl.__signature__ = inspect.signature(impl).replace(return_annotation=None)
+    op = torch.library.custom_op(f"pyflashinfer::{name}", mutates_args=mutates)(op_impl)
 
     @op.register_fake
     def _(*args, **kwargs) -> None:
         return None
 
-    def call(**kwargs) -> None:
+    def call(**kwargs) -> Optional[Replay]:
         if torch.compiler.is_compiling():
             getattr(torch.ops.pyflashinfer, name)(**kwargs)
-        else:
-            impl(**kwargs)
+            return None
+        return impl(**kwargs)
     return call
 
 
-sample_launch = _register("sampling_sample", _sample_impl, ("samples", "valid"))
+sample_launch = _register("sampling_sample", _sample_impl, ("samples", "valid", "thr"))
 softmax_launch = _register("sampling_softmax", _softmax_impl, ("out",))
 topk_filter_launch = _register("sampling_topk_filter", _topk_filter_impl, ("out",))
 top_p_renorm_launch = _register("sampling_top_p_renorm", _top_p_renorm_impl, ("out",))

@@ -27,7 +27,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .._launch import empty_output
+from .._launch import ReplayCache, empty_output, replay_key
 from ._common import RowParam, check_indices, check_nan, check_order, check_rows, philox_args, row_param
 from ._ops import sample_launch
 
@@ -43,9 +43,40 @@ def _top_p(top_p, **kw) -> RowParam:
     return row_param("top_p", top_p, integer=False, lo=0.0, hi=1.0, lo_open=True, **kw)
 
 
+_REPLAYS = ReplayCache()
+
+
+def _kind(v):
+    """What a replayed launch depends on in a seed/offset/filter argument: a tensor's kind (the
+    tensor itself is passed anew), an int seed or offset only as being an int."""
+    return v if isinstance(v, torch.Tensor) or v is None else type(v)
+
+
 def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[torch.Tensor],
             top_k=None, top_p=None, min_p=None, top_k_mode: int = 0, generator=None, seed=None, offset=None,
             check_nan_: bool = False, return_valid: bool = False) -> Samples:
+    params = {"top_k_ptr": top_k, "top_p_ptr": top_p, "min_p_ptr": min_p}
+    # without a seed the launch takes an int seed, or under CUDA-graph capture a seed tensor
+    capturing = (seed is None or offset is None) and x.is_cuda and torch.cuda.is_current_stream_capturing()
+    key = None if check_nan_ else replay_key(
+        _sample, x, indices, name, is_logits, top_k_mode, generator, _kind(seed), _kind(offset), capturing,
+        *(v if isinstance(v, torch.Tensor) else (v, type(v)) for v in params.values()))
+    replays = _REPLAYS.get(key)
+    if replays is not None:  # checked when first seen
+        device = x.device
+        batch = indices.shape[0] if indices is not None else x.shape[0]
+        samples = empty_output(batch, dtype=torch.int32 if indices is None else indices.dtype, device=device)
+        valid = empty_output(batch, dtype=torch.bool, device=device)
+        randomness = philox_args(seed, offset, generator, device, batch)
+        args = dict(x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices, seed_ptr=randomness["seed_t"],
+                    offset_ptr=randomness["offset_t"], seed=randomness["seed"], offset=randomness["offset"],
+                    **{n: t for n, t in params.items() if isinstance(t, torch.Tensor)})
+        if len(replays) > 1:  # top_k_first: the radix select's thresholds first
+            args["thr_ptr"] = torch.empty(batch, dtype=torch.int32, device=device)
+        for replay in replays:
+            replay(**{n: t for n, t in args.items() if n in replay.index})
+        return (samples, valid) if return_valid else samples
+
     device = check_rows(name, x)
     check_indices(indices, device)
     num_rows, vocab = x.shape
@@ -62,10 +93,14 @@ def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[to
     out_dtype = indices.dtype if indices is not None else torch.int32
     samples = empty_output(batch, dtype=out_dtype, device=device)
     valid = empty_output(batch, dtype=torch.bool, device=device)
-    sample_launch(x=x, samples=samples, valid=valid, indices=indices, top_k_t=k.tensor, top_p_t=p.tensor,
-                  min_p_t=mp.tensor, top_k=int(k.scalar), top_p=float(p.scalar if top_p is not None else 1.0),
-                  min_p=float(mp.scalar), **philox_args(seed, offset, generator, device, batch),
-                  is_logits=is_logits, top_k_mode=top_k_mode, has_top_p=has_top_p, has_min_p=min_p is not None)
+    thr = torch.empty(batch, dtype=torch.int32, device=device) if top_k_mode == 1 else None
+    replays = sample_launch(
+        x=x, samples=samples, valid=valid, indices=indices, thr=thr, top_k_t=k.tensor, top_p_t=p.tensor, min_p_t=mp.tensor,
+        top_k=int(k.scalar), top_p=float(p.scalar if top_p is not None else 1.0), min_p=float(mp.scalar),
+        **philox_args(seed, offset, generator, device, batch), is_logits=is_logits, top_k_mode=top_k_mode,
+        has_top_p=has_top_p, has_min_p=min_p is not None)
+    if all(r.tensor is v for r, v in ((k, top_k), (p, top_p), (mp, min_p)) if r.per_row):
+        _REPLAYS.put(key, replays)  # not when a per-input-row parameter was gathered per output
     return (samples, valid) if return_valid else samples
 
 

@@ -1,5 +1,6 @@
 """Building blocks shared by the sampling kernels: random numbers, order keys, tiles, and the
-one-pass weighted reservoir that draws a token without knowing the row's total mass.
+draws: a one-pass weighted reservoir over tiles (speculative sampling), and the inverse-CDF
+draw over per-lane weights (lane_draw) that the filtered samplers use.
 
 Values ("v") are what a token is sampled in proportion to: the probability itself, or
 exp(logit - row max) when the input is logits (so the largest value is 1.0).
@@ -36,11 +37,12 @@ def order_key(x):
 
 
 @triton.jit
-def bit_midpoint(a, b):
-    """The float halfway between non-negative a <= b in bit space (a when they are adjacent)."""
-    a_bits = tl.maximum(a, 0.0).to(tl.int32, bitcast=True)
-    b_bits = b.to(tl.int32, bitcast=True)
-    return (a_bits + (b_bits - a_bits) // 2).to(tl.float32, bitcast=True)
+def bit_lerp(a, b, j):
+    """The float j quarters of the way from non-negative a to b >= a in bit space (a when they
+    are adjacent)."""
+    a_bits = tl.maximum(a, 0.0).to(tl.int32, bitcast=True).to(tl.int64)
+    b_bits = b.to(tl.int32, bitcast=True).to(tl.int64)
+    return (a_bits + (b_bits - a_bits) * j // 4).to(tl.int32).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -89,23 +91,40 @@ def reservoir_step(block_mass, total, tile, residual, u, j):
 
 
 @triton.jit
-def pick_in_tile(x_ptr, row_off, row_mask, vocab, tile, residual, row_max, lo, hi, thr_key,
-                 IS_LOGITS: tl.constexpr, HAS_SUPPORT: tl.constexpr, BLOCK: tl.constexpr):
-    """Resolve a reservoir draw: the token of tile `tile` where the running sum of the weights
-    in (lo, hi) (and in the top-k support when HAS_SUPPORT) first exceeds residual x tile mass.
-    Only tokens of positive weight are eligible. Returns (token, value); token -1 if none."""
-    cols = tile[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
-    mask = row_mask[:, None] & (cols < vocab)
+def lane_draw(x_ptr, row_off, row_mask, vocab, lane_w, u, row_max, lo, hi, thr_key,
+              IS_LOGITS: tl.constexpr, HAS_SUPPORT: tl.constexpr, BLOCK: tl.constexpr, TILES: tl.constexpr):
+    """Draw a token with probability proportional to its weight in (lo, hi), by inverse CDF
+    over the tokens in lane order: lane j holds the tokens j, j + BLOCK, j + 2 BLOCK, ...
+    (the columns one thread position sees while streaming the row), and lane_w [ROWS, BLOCK]
+    is each lane's summed weight in (lo, hi), accumulated by the pass without any reduction
+    per tile. The lane is found by one prefix sum over the lanes; the token inside it by a
+    prefix sum over its at most TILES tokens, read again. Only tokens of positive weight in
+    (lo, hi) (and in the top-k support when HAS_SUPPORT) are eligible. Returns (token, value);
+    token -1 where the row has none."""
+    lanes = tl.arange(0, BLOCK)[None, :]
+    csum = tl.cumsum(lane_w, axis=1)
+    target = u * tl.max(csum, axis=1)  # below the scan's own total, so some lane's prefix passes it
+    lane = tl.min(tl.where((csum > target[:, None]) & (lane_w > 0.0), lanes, BIG_INDEX), axis=1)
+    lane = tl.where(lane == BIG_INDEX, -1, lane)
+    at = lanes == lane[:, None]
+    here = tl.sum(tl.where(at, lane_w, 0.0), axis=1)
+    before = tl.sum(tl.where(at, csum, 0.0), axis=1) - here
+    residual = tl.minimum(tl.maximum((target - before) / tl.where(here > 0.0, here, 1.0), 0.0), 1.0)
+
+    cols = tl.maximum(lane, 0)[:, None] + tl.arange(0, TILES)[None, :] * BLOCK
+    mask = (row_mask & (lane >= 0))[:, None] & (cols < vocab)
     x = load_tile(x_ptr, row_off, cols, mask, IS_LOGITS)
     if HAS_SUPPORT:
         mask = mask & (order_key(x) >= thr_key[:, None])
     v = tile_values(x, mask, row_max, IS_LOGITS)
     w = tl.where((v > lo[:, None]) & (v < hi[:, None]), v, 0.0)
-    csum = tl.cumsum(w, axis=1)
-    target = residual * tl.max(csum, axis=1)
-    first = tl.min(tl.where((csum > target[:, None]) & (w > 0.0), cols, BIG_INDEX), axis=1)
+    # prefix sums over the lane's few tokens as a triangular sum (tl.cumsum over so short an
+    # axis crashes Triton 3.6's sm_90 scan lowering)
+    steps = tl.arange(0, TILES)
+    c = tl.sum(tl.where(steps[None, None, :] <= steps[None, :, None], w[:, None, :], 0.0), axis=2)
+    cut = residual * tl.max(c, axis=1)
+    first = tl.min(tl.where((c > cut[:, None]) & (w > 0.0), cols, BIG_INDEX), axis=1)
     last = tl.max(tl.where(w > 0.0, cols, -1), axis=1)
     token = tl.where(first == BIG_INDEX, last, first)
     value = tl.sum(tl.where(cols == token[:, None], w, 0.0), axis=1)
     return token, value
-

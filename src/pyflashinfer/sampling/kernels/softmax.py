@@ -5,7 +5,7 @@ import triton.language as tl
 from .common import LOG2E, load_tile
 
 
-@triton.jit(do_not_specialize=["stride_x", "stride_out", "batch", "vocab", "temperature"])
+@triton.jit(do_not_specialize=["batch", "temperature"])
 def softmax_kernel(
     x_ptr, out_ptr, temp_ptr,
     stride_x, stride_out, batch, vocab, temperature,

@@ -5,7 +5,9 @@ import triton
 import triton.language as tl
 
 from .common import BIG_INDEX, reservoir_step, uniform4
-from .sample import ROUND_STRIDE, _philox_inputs
+from .sample import _philox_inputs
+
+ROUND_STRIDE = tl.constexpr(1048576)  # Philox counters: the chain's positions below it, the draw's tiles above
 
 
 @triton.jit

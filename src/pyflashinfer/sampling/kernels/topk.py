@@ -95,3 +95,29 @@ def topk_filter_kernel(
             y = tl.where(keep, x, float("-inf"))
         tl.store(out_ptr + out_off[:, None] + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
+
+@triton.jit(do_not_specialize=["stride_x", "batch", "vocab", "top_k"])
+def topk_threshold_kernel(
+    x_ptr, thr_ptr, indices_ptr, top_k_ptr,
+    stride_x, batch, vocab, top_k,
+    IS_LOGITS: tl.constexpr, HAS_INDICES: tl.constexpr, TOP_K_PER_ROW: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, RADIX_BITS: tl.constexpr,
+):
+    """thr[b] = topk_threshold of row indices[b] (or b), as int32 bits: the top-k support of the
+    sampling kernel (TOP_K_MODE 1). A launch of its own: inlined into the sampling kernel the
+    radix select was miscompiled on sm_90 (Triton 3.6): per-row k, bf16 probabilities, the
+    support took the (k+1)-th largest too in 2 of 100 random cases; this kernel, like
+    topk_filter_kernel, was right in all of them."""
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < batch
+    if HAS_INDICES:
+        src = tl.load(indices_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+    else:
+        src = rows.to(tl.int64)
+    if TOP_K_PER_ROW:
+        k = tl.load(top_k_ptr + rows, mask=row_mask, other=0).to(tl.int32)
+    else:
+        k = tl.zeros([ROWS], dtype=tl.int32) + top_k
+    thr = topk_threshold(x_ptr, src * stride_x, row_mask, vocab, k, IS_LOGITS, ROWS, BLOCK, RADIX_BITS)
+    tl.store(thr_ptr + rows, thr.to(tl.int32, bitcast=True), mask=row_mask)
