@@ -30,16 +30,20 @@ from pyflashinfer.attention.reference import decode_ref  # noqa: E402
 TOL = 3e-2
 
 
-def build(w, kv_dtype, layout="NHD"):
+def build(w, kv_dtype, layout="NHD", shared=False):
+    """A paged cache and page table for workload w, pages scattered. shared: every request
+    reads the same pages (a cache of one request's size, which stays in L2)."""
     pages_per = w.kv_len // w.page_size
-    num_pages = w.batch * pages_per
+    num_pages = pages_per if shared else w.batch * pages_per
     perm = torch.randperm(num_pages, device="cuda", dtype=torch.int32)
+    if shared:
+        perm = perm.repeat(w.batch)
     cache = torch.randn(num_pages, 2, w.page_size, w.kv_heads, w.head_dim, device="cuda", dtype=torch.bfloat16)
     scale = 1.0
     if kv_dtype != torch.bfloat16:
         scale = 4.0 / 448  # |x| <= 4 maps onto the fp8 range; saturate the rare tail (torch's cast would give NaN)
         cache = (cache / scale).clamp(-448, 448).to(kv_dtype)
-    indptr = torch.arange(0, num_pages + 1, pages_per, device="cuda", dtype=torch.int32)
+    indptr = torch.arange(0, w.batch * pages_per + 1, pages_per, device="cuda", dtype=torch.int32)
     last = torch.full((w.batch,), w.page_size, device="cuda", dtype=torch.int32)
     return cache, (indptr, perm, last), scale
 
@@ -149,13 +153,34 @@ def sweep():
     print(table(rows, ["workload", "kv", "config", "us (host)", "GB/s"]))
 
 
+def l2_resident():
+    """What limits the tensor-core path apart from HBM: gqa4 bs64 kv4096 with every request on the
+    same 256 pages (8 MiB of fp8 K/V, 16 MiB of bf16: L2-resident), against the usual distinct
+    pages, bf16 and fp8, in one run. GB/s counts the K/V bytes the kernel reads either way."""
+    ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    w = next(x for x in DECODE if x.name == "gqa4 bs64 kv4096")
+    rows = []
+    for kv_dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        for shared in (False, True):
+            cache, pages, scale = build(w, kv_dtype, shared=shared)
+            sub = []
+            bench_one(w, kv_dtype, True, cache, pages, scale, ws, sub, True)
+            sub[0]["K/V"] = "shared pages (L2)" if shared else "distinct pages (HBM)"
+            rows += sub
+            del cache
+    print(table(rows, ["workload", "kv", "K/V", "us (host)", "GB/s", "us (graph)", "GB/s (graph)"]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--profile", action="store_true", help="only: host-side profile of run() at gqa4 bs1")
     ap.add_argument("--sweep", action="store_true", help="only: tensor-core tile configs on three workloads")
+    ap.add_argument("--l2", action="store_true", help="only: gqa4 bs64 with K/V resident in L2 against HBM")
     args = ap.parse_args()
+    if args.l2:
+        return l2_resident()
     if args.profile:
         return profile_run()
     if args.sweep:

@@ -25,6 +25,7 @@ from dry_run import timers  # noqa: E402
 ARGS = dry_run.parser(__doc__.splitlines()[0])
 ARGS.add_argument("--only", default="", help="comma-separated op names to run (default: all)")
 ARGS.add_argument("--profile", action="store_true", help="only: host time per call on tiny shapes, cProfiled")
+ARGS.add_argument("--floor", action="store_true", help="only: the host-timed cost of a call that does nothing")
 OPTS = ARGS.parse_args()
 
 import torch  # noqa: E402
@@ -203,7 +204,35 @@ def profile() -> int:
     return 0
 
 
+def host_floor() -> int:
+    """What a host-timed figure cannot go under on this machine: the timer around an empty call,
+    one tiny torch op, one Triton launch of a no-op kernel (replayed as the ops replay theirs,
+    and through Triton's own launcher); the same kernel inside a CUDA graph."""
+    import triton
+    import triton.language as tl
+
+    from pyflashinfer._launch import launch
+
+    @triton.jit
+    def noop_kernel(p):
+        tl.store(p, 1.0)
+
+    x = torch.zeros(16, device="cuda")
+    replay = launch(noop_kernel, (1,), p=x)
+    rows = [dict(call=name, us=fn(call) * 1e6) for name, fn, call in (
+        ("empty Python call, host-timed", common.time_host, lambda: None),
+        ("torch x.add_(1) on 16 floats, host-timed", common.time_host, lambda: x.add_(1)),
+        ("Triton no-op kernel, replayed launch, host-timed", common.time_host, lambda: replay(p=x)),
+        ("Triton no-op kernel, kernel[grid](...), host-timed", common.time_host, lambda: noop_kernel[(1,)](x)),
+        ("Triton no-op kernel, replayed launch, CUDA graph", common.time_graph, lambda: replay(p=x)))]
+    print(common.header_line("bench_ops --floor", False))
+    print(common.table(rows, ["call", "us"]))
+    return 0
+
+
 def main() -> int:
+    if OPTS.floor:
+        return host_floor()
     if OPTS.profile:
         return profile()
     dev = "cpu" if OPTS.dry_run else "cuda"
