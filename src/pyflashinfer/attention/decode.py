@@ -20,7 +20,7 @@ import torch
 import triton
 
 from .. import _validate as V
-from .._launch import aligned16, empty_output
+from .._launch import aligned16, empty_output, replay_key
 from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import paged_decode
@@ -311,14 +311,11 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise RuntimeError("run() before plan(): call plan() with the batch's page table first")
         # Fast path: the same plan, cache object, scales and strides as the last call, so its
         # launches are replayed with the new q/out/lse alone (checked: shape, dtype, alignment).
-        sig = (q.shape, q.dtype, q.device, q.stride(), return_lse, q_scale, k_scale, v_scale, window_left,
-               None if out is None else (out.shape, out.dtype, out.device, out.stride()),
-               None if lse is None or not return_lse else (lse.shape, lse.dtype, lse.device, lse.stride()),
-               None if sinks is None else (sinks.shape, sinks.dtype, sinks.device, sinks.stride()))
-        if (self._replays is not None and plan is self._replay_plan and same_cache(paged_kv_cache, self._replay_cache)
-                and sig == self._replay_sig and not args and kv_cache_sf is None
-                and skip_softmax_threshold_scale_factor is None and q_len_per_req in (None, plan.q_len_per_req)
-                and aligned16(q, out, lse, sinks) and not torch.compiler.is_compiling()):
+        sig = replay_key(q, out, lse if return_lse else None, sinks, return_lse, q_scale, k_scale, v_scale,
+                         window_left)
+        if (sig is not None and sig == self._replay_sig and plan is self._replay_plan
+                and same_cache(paged_kv_cache, self._replay_cache) and not args and kv_cache_sf is None
+                and skip_softmax_threshold_scale_factor is None and q_len_per_req in (None, plan.q_len_per_req)):
             rows = plan.batch_size * plan.q_len_per_req
             if out is None:
                 out = empty_output(rows, plan.num_qo_heads, plan.head_dim, dtype=plan.o_dtype, device=self._device)
