@@ -7,6 +7,8 @@ pipelining, and the shared memory it takes, are those of the GPU build. The CPU 
 interpreter's small tiles, so each of their variants is also compiled with the tile the GPU
 would pick for it (its "GPU twin"). Usage: python tools/aot_check.py DIR  (DIR holds the
 variants-*.jsonl files written when PYFLASHINFER_RECORD_VARIANTS=DIR). Exits 1 on any failure.
+With --regs it also runs ptxas -v on each variant's PTX and lists registers per thread and
+spilled bytes of the variants that spill (slower; a guide for tuning, never a failure).
 """
 from __future__ import annotations
 
@@ -22,7 +24,25 @@ from concurrent.futures import ProcessPoolExecutor
 SMEM_LIMIT = 232448  # bytes of shared memory one block may use on an H100 (227 KiB)
 
 
-def _compile(entry: dict) -> tuple[str, str]:
+def _ptxas_usage(ptx: str) -> str:
+    """"R registers, S B spilled" of sm_90a PTX, from ptxas -v (the ptxas Triton ships)."""
+    import re
+    import subprocess
+
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "k.ptx"), "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o", os.path.join(d, "k.cubin")],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores", log)
+    return f"{regs.group(1) if regs else '?'} registers, {spill.group(1) if spill else '?'} B spilled"
+
+
+def _compile(entry: dict, regs: bool = False) -> tuple[str, str, str]:
+    """(label, error or "", ptxas usage when regs)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -36,15 +56,18 @@ def _compile(entry: dict) -> tuple[str, str]:
         src = ASTSource(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"], attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]})
+        tile = "GPU tile" if entry.get("twin") else "as recorded"
+        usage = f"{tile}, {entry['num_warps']} warps, {entry['num_stages']} stages: {_ptxas_usage(ck.asm['ptx'])}" \
+            if regs else ""
         if ck.metadata.shared > SMEM_LIMIT:
-            return label, f"uses {ck.metadata.shared} B of shared memory, over the {SMEM_LIMIT} B limit"
-        return label, ""
+            return label, f"uses {ck.metadata.shared} B of shared memory, over the {SMEM_LIMIT} B limit", usage
+        return label, "", usage
     except Exception as e:  # report every failing variant, not just the first
         chain, c = [], e  # the root cause sits at the end of the __cause__ chain
         while c is not None:
             chain.append(f"{type(c).__name__}: {str(c).strip()[-800:]}")
             c = c.__cause__
-        return label, "\n".join(chain[-2:])
+        return label, "\n".join(chain[-2:]), ""
 
 
 def gpu_twin(entry: dict) -> dict | None:
@@ -69,10 +92,10 @@ def gpu_twin(entry: dict) -> dict | None:
     else:
         return None
     consts, num_warps, num_stages = tile
-    return {**entry, "constexprs": {**c, **consts}, "num_warps": num_warps, "num_stages": num_stages}
+    return {**entry, "constexprs": {**c, **consts}, "num_warps": num_warps, "num_stages": num_stages, "twin": True}
 
 
-def main(directory: str) -> int:
+def main(directory: str, regs: bool = False) -> int:
     entries = {}
     for path in glob.glob(os.path.join(directory, "variants-*.jsonl")):
         with open(path) as f:
@@ -87,14 +110,20 @@ def main(directory: str) -> int:
     os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="pyfi-aot-"))
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = list(pool.map(_compile, entries.values()))
-    failed = [(label, err) for label, err in results if err]
+        results = list(pool.map(_compile, entries.values(), [regs] * len(entries)))
+    failed = [(label, err) for label, err, _ in results if err]
     for label, err in failed:
         print(f"FAILED {label}: {err}")
+    spilling = [(label, usage) for label, _, usage in results if usage and not usage.endswith(" 0 B spilled")]
+    for label, usage in spilling:
+        print(f"spills: {usage}: {label}")
+    if regs:
+        print(f"aot_check --regs: {len(spilling)} of {len(results)} variants spill registers")
     print(f"aot_check: {len(results) - len(failed)} passed, {len(failed)} failed "
           f"(sm_90, {len(results)} variants, {time.time() - t0:.0f} s)")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else ".aot_variants"))
+    args = [a for a in sys.argv[1:] if a != "--regs"]
+    sys.exit(main(args[0] if args else ".aot_variants", regs="--regs" in sys.argv[1:]))
