@@ -191,6 +191,30 @@ class ReplayCache:
         self._replays[key] = replay
 
 
+def launcher_op(name: str, impl, mutates: tuple):
+    """A launcher (keyword arguments; returns its Replays) as the `torch.library` custom op
+    pyflashinfer::name, with the launcher's signature as schema, nothing returned and a fake
+    implementation, so that torch.compile can trace calls to it. Returns what callers use:
+    the op while torch.compile traces (returning None), else the launcher itself, whose
+    Replays stay eager."""
+    def op_impl(*args, **kwargs) -> None:
+        impl(*args, **kwargs)
+
+    op_impl.__signature__ = inspect.signature(impl, eval_str=True).replace(return_annotation=None)
+    op = torch.library.custom_op(f"pyflashinfer::{name}", mutates_args=mutates)(op_impl)
+
+    @op.register_fake
+    def _(*args, **kwargs) -> None:
+        return None
+
+    def call(**kwargs):
+        if torch.compiler.is_compiling():
+            getattr(torch.ops.pyflashinfer, name)(**kwargs)
+            return None
+        return impl(**kwargs)
+    return call
+
+
 def aligned16(*tensors) -> bool:
     """Every tensor's data pointer is 16-byte aligned (None entries are skipped)."""
     return all(t is None or t.data_ptr() % 16 == 0 for t in tensors)

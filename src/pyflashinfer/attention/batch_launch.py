@@ -8,13 +8,12 @@ launches that the wrapper reuses while nothing but q/out/lse changes.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Optional
 
 import torch
 import triton
 
-from .._launch import launch
+from .._launch import launch, launcher_op
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
 from .launch import _pow2, fp8_qk, kv_tma, merge_states_into
@@ -92,28 +91,8 @@ def _merge_requests(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Ten
     return None
 
 
-def _paged_decode_impl(*args, **kwargs) -> None:
-    _paged_decode_launch(*args, **kwargs)
-
-
-# The custom op's schema is the launcher's signature; the op returns nothing (its Replays stay eager).
-_paged_decode_impl.__signature__ = inspect.signature(_paged_decode_launch).replace(return_annotation=None)
-
-_op = torch.library.custom_op("pyflashinfer::paged_decode", mutates_args=("part_o", "part_lse", "out", "lse"))(
-    _paged_decode_impl)
-
-
-@_op.register_fake
-def _(*args, **kwargs) -> None:
-    return None
-
-
-def paged_decode(**kwargs) -> Optional[list]:
-    """Launch; returns [(Replay or None, pointer names it takes q/out/lse/sinks as)] in eager mode."""
-    if torch.compiler.is_compiling():
-        torch.ops.pyflashinfer.paged_decode(**kwargs)
-        return None
-    return _paged_decode_launch(**kwargs)
+# Launch; returns [(Replay or None, pointer names it takes q/out/lse/sinks as)] in eager mode.
+paged_decode = launcher_op("paged_decode", _paged_decode_launch, ("part_o", "part_lse", "out", "lse"))
 
 
 def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: Optional[torch.Tensor],

@@ -3,13 +3,12 @@ implementations) so that `torch.compile` can trace the public functions. Eager c
 dispatcher. Outputs are allocated by the callers and written in place."""
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
 import triton
 
-from .._launch import Replay, cdiv, launch
+from .._launch import Replay, cdiv, launch, launcher_op
 from ._common import MAX_RENORM_ROUNDS, MAX_SAMPLING_ROUNDS, row_tile
 from .kernels.renorm import top_p_renorm_kernel
 from .kernels.sample import sampling_kernel
@@ -98,30 +97,8 @@ def _speculative_impl(draft: torch.Tensor, ids: torch.Tensor, target: torch.Tens
                  OFFSET_IN_TENSOR=offset_t is not None)
 
 
-def _register(name: str, impl, mutates: tuple):
-    """`impl` as the custom op pyflashinfer::name (schema from impl's signature; the op returns
-    nothing) with a fake implementation, and the function the entry points call: the op while
-    torch.compile traces, else impl itself, whose Replay it returns."""
-    def op_impl(*args, **kwargs) -> None:
-        impl(*args, **kwargs)
-
-    op_impl.__signature__ = inspect.signature(impl).replace(return_annotation=None)
-    op = torch.library.custom_op(f"pyflashinfer::{name}", mutates_args=mutates)(op_impl)
-
-    @op.register_fake
-    def _(*args, **kwargs) -> None:
-        return None
-
-    def call(**kwargs) -> Optional[Replay]:
-        if torch.compiler.is_compiling():
-            getattr(torch.ops.pyflashinfer, name)(**kwargs)
-            return None
-        return impl(**kwargs)
-    return call
-
-
-sample_launch = _register("sampling_sample", _sample_impl, ("samples", "valid", "thr"))
-softmax_launch = _register("sampling_softmax", _softmax_impl, ("out",))
-topk_filter_launch = _register("sampling_topk_filter", _topk_filter_impl, ("out",))
-top_p_renorm_launch = _register("sampling_top_p_renorm", _top_p_renorm_impl, ("out",))
-speculative_launch = _register("sampling_chain_speculative", _speculative_impl, ("out", "accepted", "emitted"))
+sample_launch = launcher_op("sampling_sample", _sample_impl, ("samples", "valid", "thr"))
+softmax_launch = launcher_op("sampling_softmax", _softmax_impl, ("out",))
+topk_filter_launch = launcher_op("sampling_topk_filter", _topk_filter_impl, ("out",))
+top_p_renorm_launch = launcher_op("sampling_top_p_renorm", _top_p_renorm_impl, ("out",))
+speculative_launch = launcher_op("sampling_chain_speculative", _speculative_impl, ("out", "accepted", "emitted"))
