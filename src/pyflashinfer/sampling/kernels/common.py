@@ -91,6 +91,26 @@ def reservoir_step(block_mass, total, tile, residual, u, j):
 
 
 @triton.jit
+def row_param(ptr, scalar, rows, row_mask, PER_ROW: tl.constexpr, dtype: tl.constexpr, ROWS: tl.constexpr):
+    """A filter parameter per row: read from ptr[rows] (PER_ROW), else the scalar."""
+    if PER_ROW:
+        val = tl.load(ptr + rows, mask=row_mask, other=0).to(dtype)
+    else:
+        val = tl.zeros([ROWS], dtype=dtype) + scalar
+    return val
+
+
+@triton.jit
+def source_rows(indices_ptr, rows, row_mask, HAS_INDICES: tl.constexpr):
+    """The input row (int64) each output row reads: indices[rows], or rows itself."""
+    if HAS_INDICES:
+        src = tl.load(indices_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+    else:
+        src = rows.to(tl.int64)
+    return src
+
+
+@triton.jit
 def lane_draw(x_ptr, row_off, row_mask, vocab, lane_w, u, row_max, lo, hi, thr_key,
               IS_LOGITS: tl.constexpr, HAS_SUPPORT: tl.constexpr, BLOCK: tl.constexpr, TILES: tl.constexpr):
     """Draw a token with probability proportional to its weight in (lo, hi), by inverse CDF

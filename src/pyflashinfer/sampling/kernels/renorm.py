@@ -16,8 +16,8 @@ p / mass(p > lo) on the kept set and 0 elsewhere.
 import triton
 import triton.language as tl
 
-from .common import bit_lerp, lane_draw, load_tile, tile_values, uniform4
-from .sample import _first_pass, _row_param
+from .common import bit_lerp, lane_draw, load_tile, row_param, tile_values, uniform4
+from .sample import _first_pass
 
 
 @triton.jit
@@ -68,7 +68,7 @@ def top_p_renorm_kernel(
     row_mask = rows < batch
     row_off = rows.to(tl.int64) * stride_x
     out_off = rows.to(tl.int64) * stride_out
-    p = _row_param(top_p_ptr, top_p, rows, row_mask, TOP_P_PER_ROW, tl.float32, ROWS)
+    p = row_param(top_p_ptr, top_p, rows, row_mask, TOP_P_PER_ROW, tl.float32, ROWS)
     seeds = tl.zeros([ROWS], dtype=tl.int64)
     thr_key = tl.zeros([ROWS], dtype=tl.uint32)
     total, v_max, row_max, lane_w = _first_pass(x_ptr, row_off, row_mask, vocab, thr_key, False, False, ROWS, BLOCK)

@@ -36,7 +36,8 @@ holds no token of positive mass.
 import triton
 import triton.language as tl
 
-from .common import LOG2E, bit_lerp, float_below, lane_draw, load_tile, order_key, tile_values, uniform4
+from .common import (LOG2E, bit_lerp, float_below, lane_draw, load_tile, order_key, row_param, source_rows,
+                     tile_values, uniform4)
 
 @triton.jit
 def _first_pass(x_ptr, row_off, row_mask, vocab, thr_key,
@@ -131,15 +132,6 @@ def _criterion(v, cnt, mass, k, budget, min_value,
 
 
 @triton.jit
-def _row_param(ptr, scalar, rows, row_mask, PER_ROW: tl.constexpr, dtype: tl.constexpr, ROWS: tl.constexpr):
-    if PER_ROW:
-        val = tl.load(ptr + rows, mask=row_mask, other=0).to(dtype)
-    else:
-        val = tl.zeros([ROWS], dtype=dtype) + scalar
-    return val
-
-
-@triton.jit
 def _philox_inputs(seed_ptr, offset_ptr, seed, offset, seed_stride, offset_stride, rows, row_mask,
                    SEED_IN_TENSOR: tl.constexpr, OFFSET_IN_TENSOR: tl.constexpr, ROWS: tl.constexpr):
     if SEED_IN_TENSOR:
@@ -172,16 +164,12 @@ def sampling_kernel(
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     row_mask = rows < batch
-    if HAS_INDICES:
-        src = tl.load(indices_ptr + rows, mask=row_mask, other=0).to(tl.int64)
-    else:
-        src = rows.to(tl.int64)
-    row_off = src * stride_x
+    row_off = source_rows(indices_ptr, rows, row_mask, HAS_INDICES) * stride_x
     seeds, offsets = _philox_inputs(seed_ptr, offset_ptr, seed, offset, seed_stride, offset_stride, rows,
                                     row_mask, SEED_IN_TENSOR, OFFSET_IN_TENSOR, ROWS)
-    k = _row_param(top_k_ptr, top_k, rows, row_mask, TOP_K_PER_ROW, tl.int32, ROWS)
-    p = _row_param(top_p_ptr, top_p, rows, row_mask, TOP_P_PER_ROW, tl.float32, ROWS)
-    min_p_row = _row_param(min_p_ptr, min_p, rows, row_mask, MIN_P_PER_ROW, tl.float32, ROWS)
+    k = row_param(top_k_ptr, top_k, rows, row_mask, TOP_K_PER_ROW, tl.int32, ROWS)
+    p = row_param(top_p_ptr, top_p, rows, row_mask, TOP_P_PER_ROW, tl.float32, ROWS)
+    min_p_row = row_param(min_p_ptr, min_p, rows, row_mask, MIN_P_PER_ROW, tl.float32, ROWS)
     HAS_SUPPORT: tl.constexpr = TOP_K_MODE == 1
     if HAS_SUPPORT:
         thr_key = tl.load(thr_ptr + rows, mask=row_mask, other=0).to(tl.uint32, bitcast=True)

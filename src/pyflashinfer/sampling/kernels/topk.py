@@ -9,7 +9,7 @@ top k (then the lower bits do not matter). Entries tied with the k-th largest ar
 import triton
 import triton.language as tl
 
-from .common import load_tile, order_key
+from .common import load_tile, order_key, row_param, source_rows
 
 
 @triton.jit
@@ -67,10 +67,7 @@ def topk_filter_kernel(
     row_mask = rows < batch
     row_off = rows.to(tl.int64) * stride_x
     out_off = rows.to(tl.int64) * stride_out
-    if TOP_K_PER_ROW:
-        k = tl.load(top_k_ptr + rows, mask=row_mask, other=0).to(tl.int32)
-    else:
-        k = tl.zeros([ROWS], dtype=tl.int32) + top_k
+    k = row_param(top_k_ptr, top_k, rows, row_mask, TOP_K_PER_ROW, tl.int32, ROWS)
     thr = topk_threshold(x_ptr, row_off, row_mask, vocab, k, not RENORM, ROWS, BLOCK, RADIX_BITS)
     offs = tl.arange(0, BLOCK)[None, :]
 
@@ -111,13 +108,7 @@ def topk_threshold_kernel(
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
     row_mask = rows < batch
-    if HAS_INDICES:
-        src = tl.load(indices_ptr + rows, mask=row_mask, other=0).to(tl.int64)
-    else:
-        src = rows.to(tl.int64)
-    if TOP_K_PER_ROW:
-        k = tl.load(top_k_ptr + rows, mask=row_mask, other=0).to(tl.int32)
-    else:
-        k = tl.zeros([ROWS], dtype=tl.int32) + top_k
+    src = source_rows(indices_ptr, rows, row_mask, HAS_INDICES)
+    k = row_param(top_k_ptr, top_k, rows, row_mask, TOP_K_PER_ROW, tl.int32, ROWS)
     thr = topk_threshold(x_ptr, src * stride_x, row_mask, vocab, k, IS_LOGITS, ROWS, BLOCK, RADIX_BITS)
     tl.store(thr_ptr + rows, thr.to(tl.int32, bitcast=True), mask=row_mask)
