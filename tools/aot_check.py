@@ -24,8 +24,9 @@ from concurrent.futures import ProcessPoolExecutor
 SMEM_LIMIT = 232448  # bytes of shared memory one block may use on an H100 (227 KiB)
 
 
-def _ptxas_usage(ptx: str) -> str:
-    """"R registers, S B spilled" of sm_90a PTX, from ptxas -v (the ptxas Triton ships)."""
+def _ptxas_usage(ptx: str) -> tuple[str, int | None]:
+    """("R registers, S B spilled", S) of sm_90a PTX, from ptxas -v (the ptxas Triton ships);
+    S is None when ptxas did not say."""
     import re
     import subprocess
 
@@ -38,11 +39,12 @@ def _ptxas_usage(ptx: str) -> str:
                              capture_output=True, text=True).stderr
     regs = re.search(r"Used (\d+) registers", log)
     spill = re.search(r"(\d+) bytes spill stores", log)
-    return f"{regs.group(1) if regs else '?'} registers, {spill.group(1) if spill else '?'} B spilled"
+    spilled = int(spill.group(1)) if spill else None
+    return f"{regs.group(1) if regs else '?'} registers, {'?' if spilled is None else spilled} B spilled", spilled
 
 
 def _compile(entry: dict, regs: bool = False) -> tuple[str, str, str]:
-    """(label, error or "", ptxas usage when regs)."""
+    """(label, error or "", with regs: the ptxas usage of a variant that spills (or may), else "")."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -56,9 +58,11 @@ def _compile(entry: dict, regs: bool = False) -> tuple[str, str, str]:
         src = ASTSource(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"], attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]})
-        tile = "GPU tile" if entry.get("twin") else "as recorded"
-        usage = f"{tile}, {entry['num_warps']} warps, {entry['num_stages']} stages: {_ptxas_usage(ck.asm['ptx'])}" \
-            if regs else ""
+        usage = ""
+        if regs:
+            text, spilled = _ptxas_usage(ck.asm["ptx"])
+            tile = "GPU tile" if entry.get("twin") else "as recorded"
+            usage = "" if spilled == 0 else f"{tile}, {entry['num_warps']} warps, {entry['num_stages']} stages: {text}"
         if ck.metadata.shared > SMEM_LIMIT:
             return label, f"uses {ck.metadata.shared} B of shared memory, over the {SMEM_LIMIT} B limit", usage
         return label, "", usage
@@ -114,7 +118,7 @@ def main(directory: str, regs: bool = False) -> int:
     failed = [(label, err) for label, err, _ in results if err]
     for label, err in failed:
         print(f"FAILED {label}: {err}")
-    spilling = [(label, usage) for label, _, usage in results if usage and not usage.endswith(" 0 B spilled")]
+    spilling = [(label, usage) for label, _, usage in results if usage]
     for label, usage in spilling:
         print(f"spills: {usage}: {label}")
     if regs:
