@@ -52,6 +52,15 @@ def _kind(v):
     return v if isinstance(v, torch.Tensor) or v is None else type(v)
 
 
+def _outputs(batch: int, indices: Optional[torch.Tensor], device: torch.device, top_k_first: bool) -> tuple:
+    """A call's samples (int32, or the dtype of `indices`), valid flags, and the radix select's
+    per-row thresholds (top_k_first only, else None)."""
+    samples = empty_output(batch, dtype=torch.int32 if indices is None else indices.dtype, device=device)
+    valid = empty_output(batch, dtype=torch.bool, device=device)
+    thr = torch.empty(batch, dtype=torch.int32, device=device) if top_k_first else None
+    return samples, valid, thr
+
+
 def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[torch.Tensor],
             top_k=None, top_p=None, min_p=None, top_k_mode: int = 0, generator=None, seed=None, offset=None,
             check_nan_: bool = False, return_valid: bool = False) -> Samples:
@@ -65,14 +74,11 @@ def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[to
     if replays is not None:  # checked when first seen
         device = x.device
         batch = indices.shape[0] if indices is not None else x.shape[0]
-        samples = empty_output(batch, dtype=torch.int32 if indices is None else indices.dtype, device=device)
-        valid = empty_output(batch, dtype=torch.bool, device=device)
+        samples, valid, thr = _outputs(batch, indices, device, top_k_first=len(replays) > 1)  # radix select first
         randomness = philox_args(seed, offset, generator, device, batch)
-        args = dict(x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices, seed_ptr=randomness["seed_t"],
-                    offset_ptr=randomness["offset_t"], seed=randomness["seed"], offset=randomness["offset"],
-                    **{n: t for n, t in params.items() if isinstance(t, torch.Tensor)})
-        if len(replays) > 1:  # top_k_first: the radix select's thresholds first
-            args["thr_ptr"] = torch.empty(batch, dtype=torch.int32, device=device)
+        args = dict(x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices, thr_ptr=thr,
+                    seed_ptr=randomness["seed_t"], offset_ptr=randomness["offset_t"], seed=randomness["seed"],
+                    offset=randomness["offset"], **{n: t for n, t in params.items() if isinstance(t, torch.Tensor)})
         for replay in replays:
             replay(**{n: t for n, t in args.items() if n in replay.index})
         return (samples, valid) if return_valid else samples
@@ -90,10 +96,7 @@ def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[to
     has_top_p = top_p is not None and (p.per_row or p.scalar < 1.0)
     check_nan(name, x, check_nan_)
 
-    out_dtype = indices.dtype if indices is not None else torch.int32
-    samples = empty_output(batch, dtype=out_dtype, device=device)
-    valid = empty_output(batch, dtype=torch.bool, device=device)
-    thr = torch.empty(batch, dtype=torch.int32, device=device) if top_k_mode == 1 else None
+    samples, valid, thr = _outputs(batch, indices, device, top_k_first=top_k_mode == 1)
     replays = sample_launch(
         x=x, samples=samples, valid=valid, indices=indices, thr=thr, top_k_t=k.tensor, top_p_t=p.tensor, min_p_t=mp.tensor,
         top_k=int(k.scalar), top_p=float(p.scalar if top_p is not None else 1.0), min_p=float(mp.scalar),
