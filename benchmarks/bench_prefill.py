@@ -5,7 +5,8 @@
     python benchmarks/bench_prefill.py --profile   # host overhead of run() on the smallest workload
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
-the ragged batch wrapper and the paged batch wrapper (page 16, pages scattered), against torch
+the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
+tl.dot kernel) and the paged batch wrapper (page 16, pages scattered), against torch
 SDPA (cuDNN, flash; batched [B, H, L, D], GQA heads expanded outside the timed region) and
 compiled FlexAttention in the same run. The first call of each path is timed from the host
 (compile included). Every path is checked against the fp32 reference before it is timed.
@@ -81,6 +82,8 @@ def bench(w, ws, rows):
 
     ragged = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
     ragged.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt)
+    portable = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend="fa2")
+    portable.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt)
     cache, p_indptr, p_indices, p_last = _paged(ks, vs, 16)
     paged = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
     paged.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16, causal=True,
@@ -95,6 +98,7 @@ def bench(w, ws, rows):
 
     paths = [("single (per request)", single, lambda o: o),
              ("ragged wrapper", lambda: ragged.run(q_cat, k_cat, v_cat), lambda o: o[-w.seq:]),
+             ("ragged wrapper, portable kernel (fa2)", lambda: portable.run(q_cat, k_cat, v_cat), lambda o: o[-w.seq:]),
              ("paged wrapper p16", lambda: paged.run(q_cat, cache), lambda o: o[-w.seq:])]
     paths.append(("single fp8 q/k/v", single_fp8, lambda o: o))
     for label, fn, last_req in paths:
@@ -169,7 +173,7 @@ def bench_mixed(ws, rows):
 
 def sweep():
     """TFLOP/s of the batch wrappers (ragged with and without tensor descriptors, paged 16) under
-    each d128 tile config of the tensor-core kernel (ws: warp-specialised KV loop, which needs
+    each d128 tile config of the portable tensor-core kernel (backend="fa2") (ws: warp-specialised KV loop, which needs
     tensor descriptors); every config is checked before it is timed."""
     from pyflashinfer.attention import batch_launch
     from pyflashinfer.attention.launch import _PREFILL_TILES, TileConfig
@@ -192,7 +196,7 @@ def sweep():
                 batch_launch.kv_tma = kv_tma if label != "ragged ptr" else (lambda *a, **kw: False)
                 try:
                     if label.startswith("ragged"):
-                        wr = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+                        wr = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend="fa2")
                         wr.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt)
                         fn = lambda: wr.run(q_cat, k_cat, v_cat)  # noqa: E731
                     else:

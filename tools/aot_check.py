@@ -1,6 +1,7 @@
 """Compile, for sm_90 and with no GPU, every kernel variant the CPU test run launched.
 
-The interpreter accepts code that the GPU compiler rejects (`break`, tiny dots, shared-memory
+The Gluon Hopper prefill kernel, which the interpreter cannot run, is compiled for the variants
+the batch prefill launches (gluon_variants). The interpreter accepts code that the GPU compiler rejects (`break`, tiny dots, shared-memory
 overflow); this closes that gap. Variants carry Triton's specialisation as the GPU launch would
 make it (16-byte divisibility of pointers and ints, ints equal to 1 as constants), so software
 pipelining, and the shared memory it takes, are those of the GPU build. The CPU run launches the attention kernels with the
@@ -50,12 +51,15 @@ def _compile(entry: dict, regs: bool = False) -> tuple[str, str, str]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from triton.experimental.gluon._runtime import GluonASTSource
+
     kernel = getattr(importlib.import_module(entry["module"]), entry["name"])
     label = f"{entry['name']}{sorted((k, v) for k, v in entry['constexprs'].items() if v is not None)}"
     try:
         names = kernel.arg_names  # attrs are keyed by position in the kernel's parameters
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, d in entry.get("attrs", {}).items() if d == "D"}
-        src = ASTSource(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"], attrs=attrs)
+        source = GluonASTSource if entry.get("gluon") else ASTSource
+        src = source(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"], attrs=attrs)
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]})
         usage = ""
@@ -99,6 +103,35 @@ def gpu_twin(entry: dict) -> dict | None:
     return {**entry, "constexprs": {**c, **consts}, "num_warps": num_warps, "num_stages": num_stages, "twin": True}
 
 
+def gluon_variants() -> list[dict]:
+    """The Gluon Hopper prefill kernel never runs under the interpreter, so no test run records
+    it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
+    with and without LSE and split-KV partial states, bf16 and fp16)."""
+    import itertools
+
+    from pyflashinfer.attention import batch_launch
+    from pyflashinfer.attention.kernels.prefill_hopper import prefill_ws_kernel as kernel
+    out = []
+    for d, block_m, causal, extra, dtype in itertools.chain(
+            itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",)),
+            [(128, 128, True, False, "fp16")]):
+        sig, consts = {n: "i32" for n in kernel.arg_names}, {}
+        sig.update({n: f"*{dtype}" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}, qk_scale="fp32")
+        sig.update({n: "*i32" for n in ("work_ptr", "qo_indptr_ptr", "seq_lens_ptr", "kv_indptr_ptr")})
+        optional = {"lse_ptr": "*fp32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "part_indptr_ptr": "*i32"}
+        for n, t in optional.items():
+            sig[n] = t if extra else "constexpr"
+            if not extra:
+                consts[n] = None
+        consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N, STAGES=2, IS_CAUSAL=causal,
+                      WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS)
+        sig.update({n: "constexpr" for n in consts})
+        out.append({"module": kernel.fn.__module__, "name": "prefill_ws_kernel", "signature": sig,
+                    "constexprs": consts, "attrs": {n: "D" for n, t in sig.items() if t.startswith("*")},
+                    "num_warps": 4, "num_stages": 2, "gluon": True})
+    return out
+
+
 def main(directory: str, regs: bool = False) -> int:
     entries = {}
     for path in glob.glob(os.path.join(directory, "variants-*.jsonl")):
@@ -111,6 +144,8 @@ def main(directory: str, regs: bool = False) -> int:
     if not entries:
         print(f"aot_check: no recorded variants under {directory}; did the tests run?")
         return 1
+    for variant in gluon_variants():
+        entries[json.dumps(variant, sort_keys=True)] = variant
     os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="pyfi-aot-"))
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

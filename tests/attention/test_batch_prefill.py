@@ -354,3 +354,46 @@ def test_cuda_graph_mode_custom_mask(device):
         qo_lens, kv_lens = [4, 8], [30, 8]
     with pytest.raises(ValueError, match="custom mask"):
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16)
+
+
+def _sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+# (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, causal): mixed lengths up to 4096, empty requests,
+# chunked prefill (qo_len < kv_len), a split long KV, every kind of group.
+HOPPER = [
+    ("g1-d128-causal", [512, 0, 77], [512, 5, 900], 8, 8, 128, True),
+    ("g4-d128-causal-4k", [4096, 3], [4096, 3], 8, 2, 128, True),
+    ("g3-d64-noncausal", [200, 33, 1], [200, 700, 129], 6, 2, 64, False),
+    ("g5-d128-chunked", [129, 64], [1000, 2100], 10, 2, 128, True),
+    ("g7-d64-split", [16, 300], [9000, 300], 7, 1, 64, True),
+    ("g8-d128-kv0", [50, 70], [50, 0], 8, 1, 128, False),
+]
+
+
+@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.parametrize("case", HOPPER, ids=[c[0] for c in HOPPER])
+def test_hopper_prefill_kernel(case, device, monkeypatch):
+    """Plans the Gluon kernel covers run on it (and on the portable kernel with backend="fa2"),
+    both within the tolerance policy of the fp32 reference."""
+    from pyflashinfer.attention import batch_launch
+    _, qo_lens, kv_lens, h_qo, h_kv, d, causal = case
+    used = []
+    real = batch_launch.hopper_prefill
+    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
+    ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
+    vs = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
+    q = torch.cat(qs)
+    q_strided = torch.empty(q.shape[0], h_qo, d + 64, dtype=BF16, device=device)[..., :d]  # non-contiguous rows
+    q_strided.copy_(q)
+    for backend, gluon in (("auto", True), ("fa2", False)):
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device=device),
+                                                            backend=backend)
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=causal,
+               q_data_type=BF16, fixed_split_size=2048 if "split" in case[0] else None)
+        assert (w.plan_value.num_partials > 0) == ("split" in case[0])
+        out, lse = w.run(q_strided, torch.cat(ks), torch.cat(vs), return_lse=True)
+        assert used[-1] is gluon
+        _check(out, lse, qs, ks, vs, BF16, causal=causal)

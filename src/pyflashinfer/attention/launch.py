@@ -102,6 +102,27 @@ def kv_tma(k: torch.Tensor, v: torch.Tensor, token_head_strides: tuple, *, paged
     return aligned16(k, v) and all(s * size % 16 == 0 for s in token_head_strides)
 
 
+@functools.lru_cache(maxsize=None)
+def _is_sm90(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_tma_ok: bool,
+                   sinks: Optional[torch.Tensor], v_scale: float, backend: str = "auto") -> bool:
+    """Whether a batch prefill plan runs on the Gluon wgmma kernel (kernels/prefill_hopper.py):
+    on sm_90 (never under the interpreter) unless backend="fa2", for a ragged KV read through
+    tensor descriptors, 16-bit q/k/v of one dtype, equal head dims of 64 or 128, row tiles of
+    64 or 128, causal or not, with no custom mask, window, soft cap, RoPE, ALiBi, sinks or
+    v_scale. Everything else runs on the portable kernel (kernels/prefill.py)."""
+    var = plan.variant
+    return (backend != "fa2" and not is_interpreting() and _is_sm90(q.device) and kv_tma_ok
+            and plan.page_size == 0 and plan.packed_mask is None
+            and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype and v.dtype == q.dtype
+            and plan.head_dim_qk == plan.head_dim_vo and plan.head_dim_qk in (64, 128)
+            and plan.block_m in (64, 128) and not (var.use_rope or var.use_alibi or var.soft_cap > 0)
+            and var.window_left < 0 and sinks is None and v_scale == 1.0)
+
+
 def fp8_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
     """q.k on fp8 tensor cores: both fp8, on sm_90 (the interpreter multiplies fp8 in fp16)."""
     return q.element_size() == 1 and k.element_size() == 1 and not is_interpreting()

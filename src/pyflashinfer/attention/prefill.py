@@ -49,6 +49,7 @@ class _BatchPrefillWrapper:
         self._graph = None  # what the first CUDA-graph plan fixed (see _graph_plan)
         if backend not in _BACKENDS:
             raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
+        self._backend = backend
         self._layout = kv_layout
         self._workspace = float_workspace_buffer
         self._device = float_workspace_buffer.device
@@ -273,7 +274,7 @@ class _BatchPrefillWrapper:
         sm_scale = plan.variant.sm_scale * (1.0 if q_scale is None else float(q_scale)) * \
             (1.0 if k_scale is None else float(k_scale))
         replays = prefill_launch(plan, q, k, v, kv_indices, strides, out, lse, self._alibi, sinks, sm_scale,
-                                 1.0 if v_scale is None else float(v_scale))
+                                 1.0 if v_scale is None else float(v_scale), self._backend)
         if key is not None and replays and all(r is not None for r, _ in replays):
             self._replay, self._replay_key, self._replay_cache = replays, key, cache
         return (out, lse) if return_lse else out

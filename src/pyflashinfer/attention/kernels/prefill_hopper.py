@@ -1,0 +1,306 @@
+"""Hopper (sm_90) prefill in Gluon: TMA loads, wgmma, warp specialisation, P in registers.
+
+The batch plan's work list drives it exactly as it drives the portable kernel (prefill.py):
+axis 0 is a work item (request, row tile, kv start, kv end, partial slot), axis 1 the KV head,
+and rows of a tile are packed (token, head-in-group) pairs of one KV head, so a GQA group
+shares every K/V tile. It covers a ragged (contiguous) KV cache with 16-bit q/k/v, equal head
+dims of 64 or 128, causal or not (launch.hopper_prefill says when); everything else goes to
+the portable kernel.
+
+A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
+- before them, its 4 warps load Q through registers into shared memory (once), and build
+  device-side tensor descriptors for the request's K and V, bounded by its kv_len (a tile past
+  the end reads zeros, never another request's rows);
+- a producer warp copies K and V tiles through the copy engine into two-slot rings
+  (mbarriers: ready per slot, and empty per slot, which every consumer releases);
+- one consumer warpgroup per 64 rows: S = Q K^T and O += P V on wgmma, P from registers, and
+  S of tile j issued before P V of tile j - 1, so that its softmax runs under that product
+  (FA3's intra-warpgroup overlap). The warpgroups never wait for each other. FA3's ping-pong
+  (the two warpgroups taking turns on the tensor cores through barriers) measured slower here
+  (benchmarks/RESULTS.md).
+- Logits stay raw q.k until one FMA per element folds in qk_scale = sm_scale * log2(e) inside
+  the exp2; only tiles that the causal bound or the kv range cut are masked.
+
+Measured on the H100 with benchmarks/bench_prefill.py; see benchmarks/RESULTS.md.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
+)
+from triton.language.core import _aggregate as aggregate
+
+
+@gluon.jit
+def _mask(s, start_n, seen_by_all, hi, q_pos, IS_CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
+          col_layout: gl.constexpr):
+    """Raw q.k of one tile with keys past hi or (causal) after the row's position set to -inf,
+    on the tiles that have any."""
+    if start_n + BLOCK_N > seen_by_all:
+        offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
+        keep = offs_n[None, :] < hi
+        if IS_CAUSAL:
+            keep = keep & (offs_n[None, :] <= q_pos[:, None])
+        s = gl.where(keep, s, float("-inf"))
+    return s
+
+
+@gluon.jit
+def _softmax(s, m_i, l_i, qk_scale):
+    """One online-softmax step over raw q.k: new max and sum (log2 units), the accumulator's
+    rescale factor, p = 2^(s qk_scale - m) (one FMA and one exp2 per logit). Rows that have seen
+    no key yet (all -inf) keep m = -inf and get p = 0."""
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_safe)
+    p = gl.exp2(s * qk_scale - m_safe[:, None])
+    return m_new, l_i * alpha + gl.sum(p, 1), alpha, p
+
+
+@aggregate
+class _WsArgs:
+    q_smem: gl.shared_memory_descriptor
+    k_smem: gl.shared_memory_descriptor
+    v_smem: gl.shared_memory_descriptor
+    k_ready: gl.shared_memory_descriptor
+    v_ready: gl.shared_memory_descriptor
+    k_empty: gl.shared_memory_descriptor
+    v_empty: gl.shared_memory_descriptor
+    k_desc: tma.tensor_descriptor
+    v_desc: tma.tensor_descriptor
+    stride_on: gl.tensor
+    stride_oh: gl.tensor
+    stride_ln: gl.tensor
+    stride_lh: gl.tensor
+    stride_pn: gl.tensor
+    stride_ph: gl.tensor
+    stride_pln: gl.tensor
+    stride_plh: gl.tensor
+    pid_h: gl.tensor
+    group_size: gl.tensor
+    q_start: gl.tensor
+    num_rows: gl.tensor
+    first_row: gl.tensor
+    q_offset: gl.tensor
+    lo: gl.tensor
+    hi: gl.tensor
+    n_tiles: gl.tensor
+    slot: gl.tensor
+    qk_scale: gl.tensor
+    HEAD_DIM: gl.constexpr
+    BLOCK_N: gl.constexpr
+    STAGES: gl.constexpr
+    IS_CAUSAL: gl.constexpr
+    WRITE_LSE: gl.constexpr
+    HAS_PARTIALS: gl.constexpr
+
+    @gluon.constexpr_function
+    def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on, stride_oh, stride_ln, stride_lh,
+                 stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size, q_start, num_rows, first_row,
+                 q_offset, lo, hi, n_tiles, slot, qk_scale, HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE,
+                 HAS_PARTIALS):
+        self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
+        self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
+        self.k_desc, self.v_desc = k_desc, v_desc
+        self.stride_on, self.stride_oh, self.stride_ln, self.stride_lh = stride_on, stride_oh, stride_ln, stride_lh
+        self.stride_pn, self.stride_ph, self.stride_pln, self.stride_plh = stride_pn, stride_ph, stride_pln, stride_plh
+        self.pid_h, self.group_size, self.q_start, self.num_rows = pid_h, group_size, q_start, num_rows
+        self.first_row, self.q_offset, self.lo, self.hi = first_row, q_offset, lo, hi
+        self.n_tiles, self.slot, self.qk_scale = n_tiles, slot, qk_scale
+        self.HEAD_DIM, self.BLOCK_N, self.STAGES = gl.constexpr(HEAD_DIM), gl.constexpr(BLOCK_N), gl.constexpr(STAGES)
+        self.IS_CAUSAL, self.WRITE_LSE = gl.constexpr(IS_CAUSAL), gl.constexpr(WRITE_LSE)
+        self.HAS_PARTIALS = gl.constexpr(HAS_PARTIALS)
+
+
+@gluon.jit
+def _ws_producer(a: _WsArgs):
+    """One warp: copy K and V tiles into their rings, each slot once both consumers freed it."""
+    for j in range(a.n_tiles):
+        s = j % a.STAGES
+        refill = j >= a.STAGES
+        phase = ((j // a.STAGES) & 1) ^ 1
+        row = a.lo + j * a.BLOCK_N
+        mbarrier.wait(a.k_empty.index(s), phase, pred=refill)
+        mbarrier.expect(a.k_ready.index(s), a.k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(a.k_desc, [row, 0], a.k_ready.index(s), a.k_smem.index(s))
+        mbarrier.wait(a.v_empty.index(s), phase, pred=refill)
+        mbarrier.expect(a.v_ready.index(s), a.v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(a.v_desc, [row, 0], a.v_ready.index(s), a.v_smem.index(s))
+
+
+@gluon.jit
+def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr):
+    """One warpgroup: rows [64 WG, 64 WG + 64) of the tile, S of tile j issued before P V of
+    tile j - 1 (the softmax of j overlaps that product). ptrs: the output pointers (o, lse,
+    part_o, part_lse, part_indptr), any of the last four None when unused."""
+    o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr = ptrs
+    dtype: gl.constexpr = a.k_smem.dtype
+    BLOCK_N: gl.constexpr = a.BLOCK_N
+    HEAD_DIM: gl.constexpr = a.HEAD_DIM
+    STAGES: gl.constexpr = a.STAGES
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    q_smem = a.q_smem.index(WG)
+    offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
+    q_pos = offs_m // a.group_size + a.q_offset
+    # Whole tiles below what the warpgroup's first row sees need no mask.
+    seen_by_all = a.hi
+    if a.IS_CAUSAL:
+        seen_by_all = gl.minimum(a.hi, (a.first_row + WG * 64) // a.group_size + a.q_offset + 1)
+    m_i = gl.full([64], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([64], gl.float32, layout=row_s)
+    acc = gl.zeros([64, HEAD_DIM], gl.float32, layout=o_layout)
+    s_zero = gl.zeros([64, BLOCK_N], gl.float32, layout=s_layout)
+    n_tiles = a.n_tiles
+    if n_tiles > 0:
+        mbarrier.wait(a.k_ready.index(0), 0)
+        s = warpgroup_mma(q_smem, a.k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s,))
+        mbarrier.arrive(a.k_empty.index(0), count=1)
+        s = _mask(s, a.lo, seen_by_all, a.hi, q_pos, a.IS_CAUSAL, BLOCK_N, col_s)
+        m_i, l_i, alpha, p = _softmax(s, m_i, l_i, a.qk_scale)
+        p = gl.convert_layout(p.to(dtype), p_layout)
+        for j in range(1, n_tiles):
+            ks = j % STAGES
+            vs = (j - 1) % STAGES
+            mbarrier.wait(a.k_ready.index(ks), (j // STAGES) & 1)
+            mbarrier.wait(a.v_ready.index(vs), ((j - 1) // STAGES) & 1)
+            s = warpgroup_mma(q_smem, a.k_smem.index(ks).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            acc = warpgroup_mma(p, a.v_smem.index(vs), acc, is_async=True)
+            s = warpgroup_mma_wait(1, deps=(s,))
+            mbarrier.arrive(a.k_empty.index(ks), count=1)
+            s = _mask(s, a.lo + j * BLOCK_N, seen_by_all, a.hi, q_pos, a.IS_CAUSAL, BLOCK_N, col_s)
+            m_i, l_i, alpha, p_new = _softmax(s, m_i, l_i, a.qk_scale)
+            acc, p = warpgroup_mma_wait(0, deps=(acc, p))  # p stays live until its wgmma is done
+            mbarrier.arrive(a.v_empty.index(vs), count=1)
+            acc = acc * gl.convert_layout(alpha, row_o)[:, None]
+            p = gl.convert_layout(p_new.to(dtype), p_layout)
+        last = n_tiles - 1
+        mbarrier.wait(a.v_ready.index(last % STAGES), (last // STAGES) & 1)
+        acc = warpgroup_mma(p, a.v_smem.index(last % STAGES), acc, is_async=True)
+        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+        mbarrier.arrive(a.v_empty.index(last % STAGES), count=1)
+
+    # Finalize: out = acc / l (0 for rows that saw nothing), lse = m + log2 l (-inf for them).
+    empty = l_i == 0.0
+    l_safe = gl.where(empty, 1.0, l_i)
+    lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
+    out = acc * gl.convert_layout(1.0 / l_safe, row_o)[:, None]
+    # Stores from a blocked layout: 16 bytes per thread along the head dim.
+    TPW_D: gl.constexpr = HEAD_DIM // 8
+    io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_D, TPW_D], [4, 1], [1, 0])
+    offs_mo = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
+    mask_m = offs_mo < a.num_rows
+    mask_o = mask_m[:, None] & (offs_d[None, :] < HEAD_DIM)
+    head = a.pid_h * a.group_size + offs_mo % a.group_size
+    tok_g = (a.q_start + offs_mo // a.group_size).to(gl.int64)
+    lse = gl.convert_layout(lse, gl.SliceLayout(1, io_layout))
+    if a.HAS_PARTIALS:
+        if a.slot >= 0:  # a split request: token t's chunks sit at part_indptr[t] + slot
+            p_row = gl.load(part_indptr_ptr + a.q_start + offs_mo // a.group_size, mask=mask_m, other=0) + a.slot
+            _store(part_o_ptr, part_lse_ptr, gl.convert_layout(out, io_layout), lse, p_row.to(gl.int64), head,
+                   offs_d, mask_o, mask_m, a.stride_pn, a.stride_ph, a.stride_pln, a.stride_plh, True)
+        else:
+            _store(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
+                   offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
+    else:
+        _store(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
+               offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
+
+
+@gluon.jit
+def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_on, stride_oh, stride_ln, stride_lh,
+           WRITE_LSE: gl.constexpr):
+    gl.store(o_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=mask_o)
+    if WRITE_LSE:
+        gl.store(lse_ptr + rows * stride_ln + head * stride_lh, lse, mask=mask_m)
+
+
+@gluon.jit(do_not_specialize=["group_size"])
+def prefill_ws_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+    work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
+    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+    stride_on, stride_oh, stride_ln, stride_lh,
+    stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
+    group_size, qk_scale,
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+    IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+):
+    dtype: gl.constexpr = q_ptr.dtype.element_ty
+    WGS: gl.constexpr = BLOCK_M // 64
+    TPW_D: gl.constexpr = HEAD_DIM // 8
+    io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_D, TPW_D], [gl.num_warps(), 1], [1, 0])
+    row_io: gl.constexpr = gl.SliceLayout(1, io_layout)
+    col_io: gl.constexpr = gl.SliceLayout(0, io_layout)
+    q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
+    kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+
+    pid_h = gl.program_id(1)
+    w = gl.program_id(0)
+    req = gl.load(work_ptr + w)
+    if req < 0:
+        return
+    pid_m = gl.load(work_ptr + stride_w + w)
+    lo = gl.load(work_ptr + 2 * stride_w + w)
+    hi = gl.load(work_ptr + 3 * stride_w + w)
+    slot = gl.load(work_ptr + 4 * stride_w + w)
+    q_start = gl.load(qo_indptr_ptr + req)
+    qo_len = gl.load(qo_indptr_ptr + req + 1) - q_start
+    kv_len = gl.load(seq_lens_ptr + req)
+    kv_start = gl.load(kv_indptr_ptr + req)
+    num_rows = qo_len * group_size
+    first_row = pid_m * BLOCK_M
+    last_row = gl.minimum(first_row + BLOCK_M, num_rows) - 1
+    q_offset = kv_len - qo_len  # causal alignment: bottom-right
+    if IS_CAUSAL:
+        hi = gl.minimum(hi, last_row // group_size + q_offset + 1)
+    n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
+
+    q_smem = gl.allocate_shared_memory(dtype, [WGS, 64, HEAD_DIM], q_smem_layout)
+    offs_d = gl.arange(0, HEAD_DIM, layout=col_io)
+    for wg in gl.static_range(WGS):  # Q rows through registers into shared memory, 64 at a time
+        offs_m = first_row + wg * 64 + gl.arange(0, 64, layout=row_io)
+        tok_g = (q_start + offs_m // group_size).to(gl.int64)
+        head = pid_h * group_size + offs_m % group_size
+        q = gl.load(q_ptr + tok_g[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
+                    mask=(offs_m < num_rows)[:, None], other=0.0)
+        q_smem.index(wg).store(q)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=WGS)
+        mbarrier.init(v_empty.index(i), count=WGS)
+    fence_async_shared()
+
+    h64 = pid_h.to(gl.int64)
+    k_desc = tma.make_tensor_descriptor(k_ptr + kv_start.to(gl.int64) * stride_kn + h64 * stride_kh,
+                                        [kv_len, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
+    v_desc = tma.make_tensor_descriptor(v_ptr + kv_start.to(gl.int64) * stride_vn + h64 * stride_vh,
+                                        [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
+    ptrs = (o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr)
+    a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on), gl.to_tensor(stride_oh),
+                gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn), gl.to_tensor(stride_ph),
+                gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h, gl.to_tensor(group_size), q_start,
+                num_rows, first_row, q_offset, lo, hi, n_tiles, slot, gl.to_tensor(qk_scale), HEAD_DIM, BLOCK_N,
+                STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS)
+    if WGS == 2:
+        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0)), (_ws_consumer, (a, ptrs, 1)), (_ws_producer, (a,))],
+                           [4, 1], [CONSUMER_REGS, 24])
+    else:
+        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0)), (_ws_producer, (a,))], [1], [24])
