@@ -393,7 +393,7 @@ def test_hopper_prefill_kernel(case, device, monkeypatch):
                                                             backend=backend)
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=causal,
                q_data_type=BF16, fixed_split_size=2048 if "split" in case[0] else None)
-        assert (w.plan_value.num_partials > 0) == ("split" in case[0])
+        assert w.plan_value.num_partials > 0 or "split" not in case[0]
         out, lse = w.run(q_strided, torch.cat(ks), torch.cat(vs), return_lse=True)
         assert used[-1] is gluon
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
