@@ -8,7 +8,8 @@ Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs
 the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
 tl.dot kernel) and the paged batch wrapper (page 16, pages scattered), against torch
 SDPA (cuDNN, flash; batched [B, H, L, D], GQA heads expanded outside the timed region) and
-compiled FlexAttention in the same run. The first call of each path is timed from the host
+compiled FlexAttention in the same run, timed from the host (events around a call started from an
+idle GPU) and per call inside a CUDA graph. The first call of each path is timed from the host
 (compile included). Every path is checked against the fp32 reference before it is timed.
 """
 from __future__ import annotations
@@ -106,8 +107,10 @@ def bench(w, ws, rows):
         ref_in = (q8s, k8s, v8s) if "fp8" in label else (qs, ks, vs)  # the fp8 values, dequantised
         err = _check(f"{w.name} {label}", last_req(out), *(t[-1].to(torch.bfloat16) for t in ref_in))
         t = time_host(fn)
+        tg = time_graph(fn) if "single" not in label else None
         row = {"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
-               "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS, "rel err": err, "first call s": first}
+               "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS, "graph us": tg and tg * 1e6,
+               "graph TFLOP/s": tg and w.flops / tg / 1e12, "rel err": err, "first call s": first}
         print(row, flush=True)
         rows.append(row)
     qb = torch.stack(qs).transpose(1, 2).contiguous()
@@ -119,9 +122,10 @@ def bench(w, ws, rows):
                 with sdpa_kernel(backend):
                     return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
             fn()
-            t = time_host(fn)
+            t, tg = time_host(fn), time_graph(fn)
             rows.append({"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
-                         "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS})
+                         "% of mm": 100 * w.flops / t / 1e12 / H100_BF16_TFLOPS, "graph us": tg and tg * 1e6,
+                         "graph TFLOP/s": tg and w.flops / tg / 1e12})
         except Exception as e:
             print(f"  {label} unavailable: {type(e).__name__}: {str(e)[:120]}")
     try:
@@ -255,7 +259,8 @@ def main():
         bench(w, ws, rows)
     bench_mixed(ws, rows)
     results["rows"] = rows
-    print(table(rows, ["workload", "impl", "us", "TFLOP/s", "% of mm", "rel err", "first call s", "plan"]))
+    print(table(rows, ["workload", "impl", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "% of mm", "rel err",
+                       "first call s", "plan"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
