@@ -288,6 +288,11 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         w = BatchPrefillWithRaggedKVCacheWrapper(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
         w.plan(qo_indptr, kv_indptr, 32, 8, 128, causal=True, q_data_type=torch.bfloat16)
         out = w.run(q, k, v)   # q [qo_indptr[-1], 32, 128], k/v [kv_indptr[-1], 8, 128]
+
+    backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
+    (launch.hopper_prefill: 16-bit, head dim 64/128, no mask/window/soft cap/RoPE/ALiBi/sinks)
+    and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's
+    other names are accepted and mean "auto".
     """
 
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD", use_cuda_graph: bool = False,
