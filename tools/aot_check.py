@@ -1,8 +1,8 @@
 """Compile, for sm_90 and with no GPU, every kernel variant the CPU test run launched.
 
-The Gluon Hopper prefill kernel, which the interpreter cannot run, is compiled for the variants
-the batch prefill launches (gluon_variants). The interpreter accepts code that the GPU compiler rejects (`break`, tiny dots, shared-memory
-overflow); this closes that gap. Variants carry Triton's specialisation as the GPU launch would
+The interpreter accepts code that the GPU compiler rejects (`break`, tiny dots, shared-memory
+overflow); this closes that gap. The Gluon Hopper prefill kernel, which the interpreter cannot
+run, is compiled for the variants the batch prefill launches (gluon_variants). Variants carry Triton's specialisation as the GPU launch would
 make it (16-byte divisibility of pointers and ints, ints equal to 1 as constants), so software
 pipelining, and the shared memory it takes, are those of the GPU build. The CPU run launches the attention kernels with the
 interpreter's small tiles, so each of their variants is also compiled with the tile the GPU

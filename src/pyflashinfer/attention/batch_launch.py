@@ -14,13 +14,13 @@ import torch
 import triton
 
 from .._launch import launch, launcher_op
+from .kernels.common import LOG2E
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
 from .kernels.prefill_hopper import prefill_ws_kernel
 from .launch import _pow2, fp8_qk, hopper_prefill, kv_tma, merge_states_into
 from .plan import section
 
-LOG2E = 1.4426950408889634
 # The Gluon kernel's KV tile: 128 led 64 on every prefill workload of PERFORMANCE.md (H100,
 # 2026-11-23: 499 / 588 TFLOP/s at llama3-8b L4096 / L16384 against 441 / 513 with 64);
 # the consumer warpgroup's registers: the default partition keeps 256, so 232 + 24 for the
@@ -120,47 +120,39 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
     split = plan.part_o is not None  # a split plan, or any CUDA-graph plan (which may split later)
     part_o, part_lse = plan.part_o, plan.part_lse
-    names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr", "sinks_ptr")
+    # What both kernels take: the tensors, the plan's work list, strides, flags.
+    common = dict(
+        q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, work_ptr=plan.buffer, qo_indptr_ptr=sec[3],
+        seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], part_o_ptr=part_o, part_lse_ptr=part_lse,
+        part_indptr_ptr=plan.part_indptr if split else None,
+        stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kn=kn, stride_kh=kh, stride_vn=vn, stride_vh=vh,
+        stride_on=out.stride(0), stride_oh=out.stride(1),
+        stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
+        stride_w=plan.num_work, stride_pn=part_o.stride(0) if split else 0, stride_ph=part_o.stride(1) if split else 0,
+        stride_pln=part_lse.stride(0) if split else 0, stride_plh=part_lse.stride(1) if split else 0,
+        group_size=plan.num_qo_heads // plan.num_kv_heads, BLOCK_M=plan.block_m,
+        IS_CAUSAL=var.causal and plan.packed_mask is None, WRITE_LSE=lse is not None, HAS_PARTIALS=split,
+    )
+    grid = (plan.num_work, plan.num_kv_heads, 1)
     if hopper_prefill(plan, q, k, v, use_tma, sinks, v_scale, backend):
-        names = names[:-1]
-        args = dict(
-            q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, work_ptr=plan.buffer, qo_indptr_ptr=sec[3],
-            seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], part_o_ptr=part_o, part_lse_ptr=part_lse,
-            part_indptr_ptr=plan.part_indptr if split else None,
-            stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kn=kn, stride_kh=kh, stride_vn=vn, stride_vh=vh,
-            stride_on=out.stride(0), stride_oh=out.stride(1),
-            stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
-            stride_w=plan.num_work, stride_pn=part_o.stride(0) if split else 0,
-            stride_ph=part_o.stride(1) if split else 0, stride_pln=part_lse.stride(0) if split else 0,
-            stride_plh=part_lse.stride(1) if split else 0,
-            group_size=plan.num_qo_heads // plan.num_kv_heads, qk_scale=sm_scale * LOG2E,
-            HEAD_DIM=plan.head_dim_qk, BLOCK_M=plan.block_m, BLOCK_N=HOPPER_BLOCK_N, IS_CAUSAL=var.causal,
-            WRITE_LSE=lse is not None, HAS_PARTIALS=split)
-        grid = (plan.num_work, plan.num_kv_heads, 1)
-        attn = launch(prefill_ws_kernel, grid, num_warps=4, STAGES=2, CONSUMER_REGS=HOPPER_CONSUMER_REGS, **args)
+        attn = launch(prefill_ws_kernel, grid, num_warps=4, qk_scale=sm_scale * LOG2E.value, HEAD_DIM=plan.head_dim_qk,
+                      BLOCK_N=HOPPER_BLOCK_N, STAGES=2, CONSUMER_REGS=HOPPER_CONSUMER_REGS, **common)
+        names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
     else:
         attn = launch(
-            attention_fwd_kernel, (plan.num_work, plan.num_kv_heads, 1), num_warps=plan.num_warps,
-            num_stages=plan.num_stages,
-            q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, mask_ptr=plan.packed_mask,
-            mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, sinks_ptr=sinks, work_ptr=plan.buffer,
-            qo_indptr_ptr=sec[3], seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices,
-            part_o_ptr=part_o, part_lse_ptr=part_lse, part_indptr_ptr=plan.part_indptr if split else None,
-            stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=kp, stride_kn=kn, stride_kh=kh,
-            stride_vpage=vp, stride_vn=vn, stride_vh=vh, stride_os=0, stride_on=out.stride(0), stride_oh=out.stride(1),
-            stride_ls=0, stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
-            stride_w=plan.num_work, stride_pn=part_o.stride(0) if split else 0, stride_ph=part_o.stride(1) if split else 0,
-            stride_pln=part_lse.stride(0) if split else 0, stride_plh=part_lse.stride(1) if split else 0,
-            qo_len=0, kv_len=0, group_size=plan.num_qo_heads // plan.num_kv_heads, kv_chunk=0,
+            attention_fwd_kernel, grid, num_warps=plan.num_warps, num_stages=plan.num_stages,
+            mask_ptr=plan.packed_mask, mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, sinks_ptr=sinks,
+            kv_indices_ptr=kv_indices, stride_kpage=kp, stride_vpage=vp, stride_os=0, stride_ls=0,
+            qo_len=0, kv_len=0, kv_chunk=0,
             HEAD_DIM_QK=plan.head_dim_qk, HEAD_DIM_VO=plan.head_dim_vo, BLOCK_DQK=_pow2(plan.head_dim_qk),
-            BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
-            IS_CAUSAL=var.causal and plan.packed_mask is None, HAS_MASK=plan.packed_mask is not None,
-            WRITE_LSE=lse is not None, BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
-            DOT_F16=k.element_size() == 1, HAS_PARTIALS=split, HAS_SINKS=sinks is not None,
+            BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_N=plan.block_n, HAS_MASK=plan.packed_mask is not None,
+            BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
+            DOT_F16=k.element_size() == 1, HAS_SINKS=sinks is not None,
             KV_TMA=use_tma, WARP_SPEC=use_tma and plan.warp_spec, TWO_PHASE=True, PARTIALS_BY_TOKEN=True,
             scale_q_ptr=None, scale_k_ptr=None, scale_v_ptr=None, HEAD_SCALES=False, FP8_QK=fp8_qk(q, k),
-            **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(),
+            **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(), **common,
         )
+        names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr", "sinks_ptr")
     replays = [(attn, names)]
     if split:
         merge = merge_states_into(part_o, part_lse, out, lse, indptr=plan.part_indptr, sinks=sinks)

@@ -31,6 +31,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.language.core import _aggregate as aggregate
 
 
+@gluon.constexpr_function
+def _io_layout(head_dim, num_warps):
+    """Global loads and stores of [rows, head_dim] tiles: 16 bytes per thread along the head dim."""
+    return gl.BlockedLayout([1, 8], [32 // (head_dim // 8), head_dim // 8], [num_warps, 1], [1, 0])
+
+
 @gluon.jit
 def _mask(s, start_n, seen_by_all, hi, q_pos, IS_CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
           col_layout: gl.constexpr):
@@ -95,10 +101,10 @@ class _WsArgs:
     HAS_PARTIALS: gl.constexpr
 
     @gluon.constexpr_function
-    def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on, stride_oh, stride_ln, stride_lh,
-                 stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size, q_start, num_rows, first_row,
-                 q_offset, lo, hi, n_tiles, slot, qk_scale, HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE,
-                 HAS_PARTIALS):
+    def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on,
+                 stride_oh, stride_ln, stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size,
+                 q_start, num_rows, first_row, q_offset, lo, hi, n_tiles, slot, qk_scale, HEAD_DIM, BLOCK_N, STAGES,
+                 IS_CAUSAL, WRITE_LSE, HAS_PARTIALS):
         self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
         self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
         self.k_desc, self.v_desc = k_desc, v_desc
@@ -193,9 +199,7 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr):
     l_safe = gl.where(empty, 1.0, l_i)
     lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
     out = acc * gl.convert_layout(1.0 / l_safe, row_o)[:, None]
-    # Stores from a blocked layout: 16 bytes per thread along the head dim.
-    TPW_D: gl.constexpr = HEAD_DIM // 8
-    io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_D, TPW_D], [4, 1], [1, 0])
+    io_layout: gl.constexpr = _io_layout(HEAD_DIM, 4)  # 16-byte stores
     offs_mo = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
     mask_m = offs_mo < a.num_rows
@@ -238,8 +242,7 @@ def prefill_ws_kernel(
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     WGS: gl.constexpr = BLOCK_M // 64
-    TPW_D: gl.constexpr = HEAD_DIM // 8
-    io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPW_D, TPW_D], [gl.num_warps(), 1], [1, 0])
+    io_layout: gl.constexpr = _io_layout(HEAD_DIM, gl.num_warps())
     row_io: gl.constexpr = gl.SliceLayout(1, io_layout)
     col_io: gl.constexpr = gl.SliceLayout(0, io_layout)
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
@@ -294,11 +297,11 @@ def prefill_ws_kernel(
     v_desc = tma.make_tensor_descriptor(v_ptr + kv_start.to(gl.int64) * stride_vn + h64 * stride_vh,
                                         [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
     ptrs = (o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr)
-    a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on), gl.to_tensor(stride_oh),
-                gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn), gl.to_tensor(stride_ph),
-                gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h, gl.to_tensor(group_size), q_start,
-                num_rows, first_row, q_offset, lo, hi, n_tiles, slot, gl.to_tensor(qk_scale), HEAD_DIM, BLOCK_N,
-                STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS)
+    a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on),
+                gl.to_tensor(stride_oh), gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn),
+                gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h,
+                gl.to_tensor(group_size), q_start, num_rows, first_row, q_offset, lo, hi, n_tiles, slot,
+                gl.to_tensor(qk_scale), HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS)
     if WGS == 2:
         gl.warp_specialize([(_ws_consumer, (a, ptrs, 0)), (_ws_consumer, (a, ptrs, 1)), (_ws_producer, (a,))],
                            [4, 1], [CONSUMER_REGS, 24])
