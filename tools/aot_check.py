@@ -106,16 +106,20 @@ def gpu_twin(entry: dict) -> dict | None:
 def gluon_variants() -> list[dict]:
     """The Gluon Hopper prefill kernel never runs under the interpreter, so no test run records
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
-    with and without LSE and split-KV partial states, bf16 and fp16)."""
+    with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64)."""
     import itertools
 
     from pyflashinfer.attention import batch_launch
     from pyflashinfer.attention.kernels.prefill_hopper import prefill_ws_kernel as kernel
     out = []
-    for d, block_m, causal, extra, dtype in itertools.chain(
-            itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",)),
-            [(128, 128, True, False, "fp16")]):
+    for d, block_m, causal, extra, dtype, page in itertools.chain(
+            itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",), (0,)),
+            [(128, 128, True, False, "fp16", 0), (128, 128, True, False, "bf16", 16), (64, 64, False, True, "bf16", 64)]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
+        if page:
+            sig["kv_indices_ptr"] = "*i32"
+        else:
+            sig["kv_indices_ptr"], consts["kv_indices_ptr"] = "constexpr", None
         sig.update({n: f"*{dtype}" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}, qk_scale="fp32")
         sig.update({n: "*i32" for n in ("work_ptr", "qo_indptr_ptr", "seq_lens_ptr", "kv_indptr_ptr")})
         optional = {"lse_ptr": "*fp32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "part_indptr_ptr": "*i32"}
@@ -124,7 +128,8 @@ def gluon_variants() -> list[dict]:
             if not extra:
                 consts[n] = None
         consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N, STAGES=2, IS_CAUSAL=causal,
-                      WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS)
+                      WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
+                      PAGE_SIZE=page)
         sig.update({n: "constexpr" for n in consts})
         out.append({"module": kernel.fn.__module__, "name": "prefill_ws_kernel", "signature": sig,
                     "constexprs": consts, "attrs": {n: "D" for n, t in sig.items() if t.startswith("*")},

@@ -397,3 +397,43 @@ def test_hopper_prefill_kernel(case, device, monkeypatch):
         out, lse = w.run(q_strided, torch.cat(ks), torch.cat(vs), return_lse=True)
         assert used[-1] is gluon
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
+
+
+# (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size, layout, causal): pages scattered, last pages
+# partly filled, the cache's unused rows and spare pages NaN (the kernel copies whole pages).
+HOPPER_PAGED = [
+    ("p16-nhd-g4-causal", [300, 0, 17, 129], [1000, 5, 17, 129], 8, 2, 128, 16, "NHD", True),
+    ("p64-hnd-g3-noncausal", [64, 200], [700, 200], 6, 2, 64, 64, "HND", False),
+    ("p8-nhd-g1-split", [16, 40], [5000, 40], 4, 4, 128, 8, "NHD", True),
+    ("p1-falls-back", [20], [50], 4, 2, 64, 1, "NHD", True),
+]
+
+
+@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.parametrize("case", HOPPER_PAGED, ids=[c[0] for c in HOPPER_PAGED])
+def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
+    from pyflashinfer.attention import batch_launch
+    name, qo_lens, kv_lens, h_qo, h_kv, d, page, layout, causal = case
+    used = []
+    real = batch_launch.hopper_prefill
+    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, BF16, device, layout,
+                                                                  as_tuple=False)
+    known = torch.zeros(cache.shape[0], page, dtype=torch.bool, device=device)  # rows that hold a request's KV
+    for b in range(len(kv_lens)):
+        ids = indices[indptr[b]: indptr[b + 1]].long()
+        known[ids] = True
+        if len(ids):
+            known[ids[-1], int(last[b]):] = False
+    rows = known[:, None, :, None, None] if layout == "NHD" else known[:, None, None, :, None]
+    cache.masked_fill_(~rows.expand_as(cache), float("nan"))
+    qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
+    for backend in ("auto", "fa2"):
+        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device=device),
+                                                           layout, backend=backend)
+        w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, causal=causal,
+               q_data_type=BF16, fixed_split_size=256 if "split" in name else None)
+        assert w.plan_value.num_partials > 0 or "split" not in name
+        out, lse = w.run(torch.cat(qs), cache, return_lse=True)
+        assert used[-1] is (backend == "auto" and page > 1)
+        _check(out, lse, qs, ks, vs, BF16, causal=causal)

@@ -107,16 +107,24 @@ def _is_sm90(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_tma_ok: bool,
+def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strides: tuple,
                    sinks: Optional[torch.Tensor], v_scale: float, backend: str = "auto") -> bool:
     """Whether a batch prefill plan runs on the Gluon wgmma kernel (kernels/prefill_hopper.py):
-    on sm_90 (never under the interpreter) unless backend="fa2", for a ragged KV read through
-    tensor descriptors, 16-bit q/k/v of one dtype, equal head dims of 64 or 128, row tiles of
-    64 or 128, causal or not, with no custom mask, window, soft cap, RoPE, ALiBi, sinks or
-    v_scale. Everything else runs on the portable kernel (kernels/prefill.py)."""
+    on sm_90 (never under the interpreter) unless backend="fa2", for 16-bit q/k/v of one dtype,
+    equal head dims of 64 or 128, row tiles of 64 or 128, causal or not, with no custom mask,
+    window, soft cap, RoPE, ALiBi, sinks or v_scale; K/V read through tensor descriptors (16-byte
+    aligned token and head strides), ragged, or paged with pages of 8-64 tokens whose page
+    stride is a whole number of token strides. strides: (k page, k token, k head, v page,
+    v token, v head) in elements. Everything else runs on the portable kernel (kernels/prefill.py)."""
     var = plan.variant
-    return (backend != "fa2" and not is_interpreting() and _is_sm90(q.device) and kv_tma_ok
-            and plan.page_size == 0 and plan.packed_mask is None
+    kp, kn, kh, vp, vn, vh = strides
+    if plan.page_size:
+        pages_ok = (plan.page_size in (8, 16, 32, 64) and plan.block_n % plan.page_size == 0
+                    and kp % kn == 0 and vp % vn == 0)
+    else:
+        pages_ok = True
+    return (backend != "fa2" and not is_interpreting() and _is_sm90(q.device) and pages_ok
+            and kv_tma(k, v, (kn, kh, vn, vh), paged=False, use_rope=False) and plan.packed_mask is None
             and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype and v.dtype == q.dtype
             and plan.head_dim_qk == plan.head_dim_vo and plan.head_dim_qk in (64, 128)
             and plan.block_m in (64, 128) and not (var.use_rope or var.use_alibi or var.soft_cap > 0)

@@ -88,6 +88,7 @@ class _WsArgs:
     num_rows: gl.tensor
     first_row: gl.tensor
     q_offset: gl.tensor
+    kv_len: gl.tensor
     lo: gl.tensor
     hi: gl.tensor
     n_tiles: gl.tensor
@@ -103,15 +104,15 @@ class _WsArgs:
     @gluon.constexpr_function
     def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on,
                  stride_oh, stride_ln, stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size,
-                 q_start, num_rows, first_row, q_offset, lo, hi, n_tiles, slot, qk_scale, HEAD_DIM, BLOCK_N, STAGES,
-                 IS_CAUSAL, WRITE_LSE, HAS_PARTIALS):
+                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, HEAD_DIM, BLOCK_N,
+                 STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS):
         self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
         self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
         self.k_desc, self.v_desc = k_desc, v_desc
         self.stride_on, self.stride_oh, self.stride_ln, self.stride_lh = stride_on, stride_oh, stride_ln, stride_lh
         self.stride_pn, self.stride_ph, self.stride_pln, self.stride_plh = stride_pn, stride_ph, stride_pln, stride_plh
         self.pid_h, self.group_size, self.q_start, self.num_rows = pid_h, group_size, q_start, num_rows
-        self.first_row, self.q_offset, self.lo, self.hi = first_row, q_offset, lo, hi
+        self.first_row, self.q_offset, self.kv_len, self.lo, self.hi = first_row, q_offset, kv_len, lo, hi
         self.n_tiles, self.slot, self.qk_scale = n_tiles, slot, qk_scale
         self.HEAD_DIM, self.BLOCK_N, self.STAGES = gl.constexpr(HEAD_DIM), gl.constexpr(BLOCK_N), gl.constexpr(STAGES)
         self.IS_CAUSAL, self.WRITE_LSE = gl.constexpr(IS_CAUSAL), gl.constexpr(WRITE_LSE)
@@ -119,23 +120,43 @@ class _WsArgs:
 
 
 @gluon.jit
-def _ws_producer(a: _WsArgs):
-    """One warp: copy K and V tiles into their rings, each slot once both consumers freed it."""
+def _ws_producer(a: _WsArgs, paging, PAGE_SIZE: gl.constexpr):
+    """One warp: copy K and V tiles into their rings, each slot once both consumers freed it.
+    paging (PAGE_SIZE > 0): (the request's page ids, cache rows per page of K, of V), one copy
+    per page; else one copy per tile."""
     for j in range(a.n_tiles):
         s = j % a.STAGES
         refill = j >= a.STAGES
         phase = ((j // a.STAGES) & 1) ^ 1
         row = a.lo + j * a.BLOCK_N
         mbarrier.wait(a.k_empty.index(s), phase, pred=refill)
-        mbarrier.expect(a.k_ready.index(s), a.k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(a.k_desc, [row, 0], a.k_ready.index(s), a.k_smem.index(s))
+        _copy_tile(a.k_desc, a.k_smem.index(s), a.k_ready.index(s), row, a.kv_len, paging, 1, a.BLOCK_N, PAGE_SIZE)
         mbarrier.wait(a.v_empty.index(s), phase, pred=refill)
-        mbarrier.expect(a.v_ready.index(s), a.v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(a.v_desc, [row, 0], a.v_ready.index(s), a.v_smem.index(s))
+        _copy_tile(a.v_desc, a.v_smem.index(s), a.v_ready.index(s), row, a.kv_len, paging, 2, a.BLOCK_N, PAGE_SIZE)
 
 
 @gluon.jit
-def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr):
+def _copy_tile(desc, smem, bar, row, kv_len, paging, WHICH: gl.constexpr, BLOCK_N: gl.constexpr,
+               PAGE_SIZE: gl.constexpr):
+    """KV tokens [row, row + BLOCK_N) of the request into smem, completing on bar."""
+    if PAGE_SIZE == 0:
+        mbarrier.expect(bar, desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(desc, [row, 0], bar, smem)
+    else:
+        # Every page slot of the tile is copied (the byte count is fixed); slots past the
+        # request's last page take that page again, rows past kv_len are masked (K) or zeroed (V).
+        pages_ptr = paging[0]
+        rows_per_page = paging[WHICH]
+        last = gl.cdiv(gl.minimum(BLOCK_N, kv_len - row), PAGE_SIZE) - 1
+        mbarrier.expect(bar, BLOCK_N // PAGE_SIZE * desc.block_type.nbytes)
+        for i in gl.static_range(BLOCK_N // PAGE_SIZE):
+            page = gl.load(pages_ptr + row // PAGE_SIZE + gl.minimum(i, last)).to(gl.int64)
+            tma.async_copy_global_to_shared(desc, [(page * rows_per_page).to(gl.int32), 0], bar,
+                                            smem.slice(i * PAGE_SIZE, PAGE_SIZE))
+
+
+@gluon.jit
+def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     """One warpgroup: rows [64 WG, 64 WG + 64) of the tile, S of tile j issued before P V of
     tile j - 1 (the softmax of j overlaps that product). ptrs: the output pointers (o, lse,
     part_o, part_lse, part_indptr), any of the last four None when unused."""
@@ -190,6 +211,8 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr):
             p = gl.convert_layout(p_new.to(dtype), p_layout)
         last = n_tiles - 1
         mbarrier.wait(a.v_ready.index(last % STAGES), (last // STAGES) & 1)
+        if PAGE_SIZE > 0:  # rows past kv_len hold whatever the cache has there: no 0 * NaN in P V
+            _zero_tail(a.v_smem.index(last % STAGES), a.kv_len - (a.lo + last * BLOCK_N), BLOCK_N, HEAD_DIM)
         acc = warpgroup_mma(p, a.v_smem.index(last % STAGES), acc, is_async=True)
         acc, p = warpgroup_mma_wait(0, deps=(acc, p))
         mbarrier.arrive(a.v_empty.index(last % STAGES), count=1)
@@ -221,6 +244,19 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr):
 
 
 @gluon.jit
+def _zero_tail(smem, n_valid, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """Zero rows [n_valid, BLOCK_N) of a K/V tile in shared memory, before this warpgroup's
+    wgmma reads it (the other warpgroup writes the same values)."""
+    if n_valid < BLOCK_N:
+        layout: gl.constexpr = _io_layout(HEAD_DIM, 4)
+        rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
+        tile = smem.load(layout)
+        smem.store(gl.where((rows < n_valid)[:, None], tile, gl.zeros_like(tile)))
+        fence_async_shared()
+        gl.thread_barrier()
+
+
+@gluon.jit
 def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_on, stride_oh, stride_ln, stride_lh,
            WRITE_LSE: gl.constexpr):
     gl.store(o_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
@@ -229,16 +265,17 @@ def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_
         gl.store(lse_ptr + rows * stride_ln + head * stride_lh, lse, mask=mask_m)
 
 
-@gluon.jit(do_not_specialize=["group_size"])
+@gluon.jit(do_not_specialize=["group_size", "num_pages"])
 def prefill_ws_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
-    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+    work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
+    stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_on, stride_oh, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
-    group_size, qk_scale,
+    group_size, num_pages, qk_scale,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    PAGE_SIZE: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     WGS: gl.constexpr = BLOCK_M // 64
@@ -292,18 +329,29 @@ def prefill_ws_kernel(
     fence_async_shared()
 
     h64 = pid_h.to(gl.int64)
-    k_desc = tma.make_tensor_descriptor(k_ptr + kv_start.to(gl.int64) * stride_kn + h64 * stride_kh,
-                                        [kv_len, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
-    v_desc = tma.make_tensor_descriptor(v_ptr + kv_start.to(gl.int64) * stride_vn + h64 * stride_vh,
-                                        [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
+    if PAGE_SIZE == 0:  # the request's K/V: rows past kv_len read zeros
+        k_desc = tma.make_tensor_descriptor(k_ptr + kv_start.to(gl.int64) * stride_kn + h64 * stride_kh,
+                                            [kv_len, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
+        v_desc = tma.make_tensor_descriptor(v_ptr + kv_start.to(gl.int64) * stride_vn + h64 * stride_vh,
+                                            [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
+        paging = (kv_indices_ptr, 0, 0)  # unused
+    else:  # the whole cache of this KV head as rows: page p's token t is row p * (page stride / token stride) + t
+        k_rows = stride_kpage // stride_kn
+        v_rows = stride_vpage // stride_vn
+        k_desc = tma.make_tensor_descriptor(k_ptr + h64 * stride_kh, [(num_pages - 1) * k_rows + PAGE_SIZE, HEAD_DIM],
+                                            [stride_kn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
+        v_desc = tma.make_tensor_descriptor(v_ptr + h64 * stride_vh, [(num_pages - 1) * v_rows + PAGE_SIZE, HEAD_DIM],
+                                            [stride_vn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
+        paging = (kv_indices_ptr + kv_start, k_rows, v_rows)
     ptrs = (o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr)
     a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on),
                 gl.to_tensor(stride_oh), gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn),
                 gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h,
-                gl.to_tensor(group_size), q_start, num_rows, first_row, q_offset, lo, hi, n_tiles, slot,
+                gl.to_tensor(group_size), q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot,
                 gl.to_tensor(qk_scale), HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS)
     if WGS == 2:
-        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0)), (_ws_consumer, (a, ptrs, 1)), (_ws_producer, (a,))],
-                           [4, 1], [CONSUMER_REGS, 24])
+        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_consumer, (a, ptrs, 1, PAGE_SIZE)),
+                            (_ws_producer, (a, paging, PAGE_SIZE))], [4, 1], [CONSUMER_REGS, 24])
     else:
-        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0)), (_ws_producer, (a,))], [1], [24])
+        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_producer, (a, paging, PAGE_SIZE))],
+                           [1], [24])
