@@ -6,7 +6,8 @@
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
 the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
-tl.dot kernel) and the paged batch wrapper (page 16, pages scattered), against torch
+tl.dot kernel) and the paged batch wrapper (page 16, pages scattered; on sm_90 the Gluon
+kernel), against torch
 SDPA (cuDNN, flash; batched [B, H, L, D], GQA heads expanded outside the timed region) and
 compiled FlexAttention in the same run, timed from the host (events around a call started from an
 idle GPU) and per call inside a CUDA graph. The first call of each path is timed from the host

@@ -290,7 +290,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         out = w.run(q, k, v)   # q [qo_indptr[-1], 32, 128], k/v [kv_indptr[-1], 8, 128]
 
     backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
-    (launch.hopper_prefill: 16-bit, head dim 64/128, no mask/window/soft cap/RoPE/ALiBi/sinks)
+    (launch.hopper_prefill: 16-bit, head dim 64/128, no mask/window/soft cap/RoPE/ALiBi/sinks;
+    for the paged wrapper, pages of 8-64 tokens)
     and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's
     other names are accepted and mean "auto".
     """

@@ -3,14 +3,15 @@
 The batch plan's work list drives it exactly as it drives the portable kernel (prefill.py):
 axis 0 is a work item (request, row tile, kv start, kv end, partial slot), axis 1 the KV head,
 and rows of a tile are packed (token, head-in-group) pairs of one KV head, so a GQA group
-shares every K/V tile. It covers a ragged (contiguous) KV cache with 16-bit q/k/v, equal head
-dims of 64 or 128, causal or not (launch.hopper_prefill says when); everything else goes to
-the portable kernel.
+shares every K/V tile. It covers a ragged (contiguous) or paged (pages of 8-64 tokens) KV cache
+with 16-bit q/k/v, equal head dims of 64 or 128, causal or not (launch.hopper_prefill says
+when); everything else goes to the portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - before them, its 4 warps load Q through registers into shared memory (once), and build
-  device-side tensor descriptors for the request's K and V, bounded by its kv_len (a tile past
-  the end reads zeros, never another request's rows);
+  device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
+  past the end reads zeros, never another request's rows); paged, the KV head's rows of the
+  whole cache, one copy per page (V rows past kv_len are zeroed before P V);
 - a producer warp copies K and V tiles through the copy engine into two-slot rings
   (mbarriers: ready per slot, and empty per slot, which every consumer releases);
 - one consumer warpgroup per 64 rows: S = Q K^T and O += P V on wgmma, P from registers, and
