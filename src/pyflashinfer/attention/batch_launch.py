@@ -117,7 +117,6 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     var = plan.variant
     sec = [plan.buffer[section(plan.batch_size, plan.num_work, i)[0]:] for i in range(4)]
     kp, kn, kh, vp, vn, vh = strides
-    use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
     split = plan.part_o is not None  # a split plan, or any CUDA-graph plan (which may split later)
     part_o, part_lse = plan.part_o, plan.part_lse
     # What both kernels take: the tensors, the plan's work list, strides, flags.
@@ -126,8 +125,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices, part_o_ptr=part_o,
         part_lse_ptr=part_lse, part_indptr_ptr=plan.part_indptr if split else None,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=kp, stride_kn=kn, stride_kh=kh, stride_vpage=vp,
-        stride_vn=vn, stride_vh=vh,
-        stride_on=out.stride(0), stride_oh=out.stride(1),
+        stride_vn=vn, stride_vh=vh, stride_on=out.stride(0), stride_oh=out.stride(1),
         stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
         stride_w=plan.num_work, stride_pn=part_o.stride(0) if split else 0, stride_ph=part_o.stride(1) if split else 0,
         stride_pln=part_lse.stride(0) if split else 0, stride_plh=part_lse.stride(1) if split else 0,
@@ -137,16 +135,15 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     grid = (plan.num_work, plan.num_kv_heads, 1)
     if hopper_prefill(plan, q, k, v, strides, sinks, v_scale, backend):
         attn = launch(prefill_ws_kernel, grid, num_warps=4, num_pages=k.shape[0] if plan.page_size else 0,
-                      qk_scale=sm_scale * LOG2E.value,
-                      HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N, STAGES=2,
+                      qk_scale=sm_scale * LOG2E.value, HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N, STAGES=2,
                       CONSUMER_REGS=HOPPER_CONSUMER_REGS, PAGE_SIZE=plan.page_size, **common)
         names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
     else:
+        use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
         attn = launch(
             attention_fwd_kernel, grid, num_warps=plan.num_warps, num_stages=plan.num_stages,
             mask_ptr=plan.packed_mask, mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, sinks_ptr=sinks,
-            stride_os=0, stride_ls=0,
-            qo_len=0, kv_len=0, kv_chunk=0,
+            stride_os=0, stride_ls=0, qo_len=0, kv_len=0, kv_chunk=0,
             HEAD_DIM_QK=plan.head_dim_qk, HEAD_DIM_VO=plan.head_dim_vo, BLOCK_DQK=_pow2(plan.head_dim_qk),
             BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_N=plan.block_n, HAS_MASK=plan.packed_mask is not None,
             BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),
