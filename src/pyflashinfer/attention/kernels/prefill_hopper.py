@@ -8,13 +8,13 @@ with 16-bit q/k/v, equal head dims of 64 or 128, causal or not (launch.hopper_pr
 when); everything else goes to the portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
-- before them, its 4 warps load Q through registers into shared memory (once), and build
-  device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
+- before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
   past the end reads zeros, never another request's rows); paged, the KV head's rows of the
   whole cache, one copy per page (V rows past kv_len are zeroed before P V);
 - a producer warp copies K and V tiles through the copy engine into two-slot rings
   (mbarriers: ready per slot, and empty per slot, which every consumer releases);
-- one consumer warpgroup per 64 rows: S = Q K^T and O += P V on wgmma, P from registers, and
+- one consumer warpgroup per 64 rows loads its Q rows through registers into shared memory
+  (while the first K/V copies are in flight), then runs S = Q K^T and O += P V on wgmma, P from registers, and
   S of tile j issued before P V of tile j - 1, so that its softmax runs under that product
   (FA3's intra-warpgroup overlap). The warpgroups never wait for each other. FA3's ping-pong
   (the two warpgroups taking turns on the tensor cores through barriers) measured slower here
@@ -159,9 +159,10 @@ def _copy_tile(desc, smem, bar, row, kv_len, paging, WHICH: gl.constexpr, BLOCK_
 @gluon.jit
 def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     """One warpgroup: rows [64 WG, 64 WG + 64) of the tile, S of tile j issued before P V of
-    tile j - 1 (the softmax of j overlaps that product). ptrs: the output pointers (o, lse,
-    part_o, part_lse, part_indptr), any of the last four None when unused."""
-    o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr = ptrs
+    tile j - 1 (the softmax of j overlaps that product). ptrs: q and its token and head strides,
+    then the output pointers (o, lse, part_o, part_lse, part_indptr), any of the last four None
+    when unused."""
+    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr = ptrs
     dtype: gl.constexpr = a.k_smem.dtype
     BLOCK_N: gl.constexpr = a.BLOCK_N
     HEAD_DIM: gl.constexpr = a.HEAD_DIM
@@ -175,7 +176,17 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
+    # The warpgroup's Q rows through registers into shared memory, while the producer's first
+    # K/V copies are in flight.
+    io_layout: gl.constexpr = _io_layout(HEAD_DIM, 4)
+    offs_mq = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
+    offs_dq = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
+    q_rows = (a.q_start + offs_mq // a.group_size).to(gl.int64) * stride_qn + \
+        (a.pid_h * a.group_size + offs_mq % a.group_size) * stride_qh
     q_smem = a.q_smem.index(WG)
+    q_smem.store(gl.load(q_ptr + q_rows[:, None] + offs_dq[None, :], mask=(offs_mq < a.num_rows)[:, None], other=0.0))
+    fence_async_shared()
+    gl.thread_barrier()
     offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
     q_pos = offs_m // a.group_size + a.q_offset
     # Whole tiles below what the warpgroup's first row sees need no mask.
@@ -223,7 +234,6 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     l_safe = gl.where(empty, 1.0, l_i)
     lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
     out = acc * gl.convert_layout(1.0 / l_safe, row_o)[:, None]
-    io_layout: gl.constexpr = _io_layout(HEAD_DIM, 4)  # 16-byte stores
     offs_mo = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
     mask_m = offs_mo < a.num_rows
@@ -280,9 +290,6 @@ def prefill_ws_kernel(
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     WGS: gl.constexpr = BLOCK_M // 64
-    io_layout: gl.constexpr = _io_layout(HEAD_DIM, gl.num_warps())
-    row_io: gl.constexpr = gl.SliceLayout(1, io_layout)
-    col_io: gl.constexpr = gl.SliceLayout(0, io_layout)
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
 
@@ -307,15 +314,7 @@ def prefill_ws_kernel(
         hi = gl.minimum(hi, last_row // group_size + q_offset + 1)
     n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
 
-    q_smem = gl.allocate_shared_memory(dtype, [WGS, 64, HEAD_DIM], q_smem_layout)
-    offs_d = gl.arange(0, HEAD_DIM, layout=col_io)
-    for wg in gl.static_range(WGS):  # Q rows through registers into shared memory, 64 at a time
-        offs_m = first_row + wg * 64 + gl.arange(0, 64, layout=row_io)
-        tok_g = (q_start + offs_m // group_size).to(gl.int64)
-        head = pid_h * group_size + offs_m % group_size
-        q = gl.load(q_ptr + tok_g[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
-                    mask=(offs_m < num_rows)[:, None], other=0.0)
-        q_smem.index(wg).store(q)
+    q_smem = gl.allocate_shared_memory(dtype, [WGS, 64, HEAD_DIM], q_smem_layout)  # filled by the consumers
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -344,7 +343,8 @@ def prefill_ws_kernel(
         v_desc = tma.make_tensor_descriptor(v_ptr + h64 * stride_vh, [(num_pages - 1) * v_rows + PAGE_SIZE, HEAD_DIM],
                                             [stride_vn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
         paging = (kv_indices_ptr + kv_start, k_rows, v_rows)
-    ptrs = (o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr)
+    ptrs = (q_ptr, gl.to_tensor(stride_qn), gl.to_tensor(stride_qh), o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
+            part_indptr_ptr)
     a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on),
                 gl.to_tensor(stride_oh), gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn),
                 gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h,
