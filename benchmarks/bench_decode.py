@@ -128,29 +128,36 @@ def profile_run():
     print(f"host time per run() (no sync, launches queue): {host * 1e6:.1f} us")
 
 
+# (BLOCK_N, warps, stages, two-phase KV loop) tried by --sweep. Triton's pipeliner gives the K/V
+# tiles stages - 1 shared-memory buffers (the page ids are read one tile ahead: kernels/common.py).
+SWEEP_CONFIGS = ((128, 8, 3, False), (128, 8, 2, False), (128, 4, 3, False), (128, 4, 3, True), (128, 4, 4, False),
+                 (64, 4, 3, False), (64, 4, 4, False), (64, 4, 5, False), (64, 8, 4, False), (64, 4, 4, True),
+                 (32, 4, 5, False))
+
+
 def sweep():
-    """GB/s of the tensor-core decode path under each tile config (bf16 and fp8 KV)."""
+    """GB/s of the tensor-core decode path under each tile config (bf16 and fp8 KV), timed from
+    the host and per CUDA-graph replay."""
     from pyflashinfer.attention.decode import TC_DECODE_TILES
     ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     rows = []
-    for name in ("gqa4 bs64 kv4096", "gqa4 bs16 kv32768", "mha bs64 kv4096"):
+    for name in ("gqa4 bs1 kv4096", "gqa4 bs64 kv4096", "gqa4 bs256 kv2048", "gqa4 bs16 kv32768", "mha bs64 kv4096"):
         w = next(x for x in DECODE if x.name == name)
         for kv_dtype in ((torch.bfloat16, torch.float8_e4m3fn) if w.q_heads != w.kv_heads else (torch.bfloat16,)):
             cache, pages, scale = build(w, kv_dtype)
-            for block_n, warps, stages, two in ((128, 8, 3, False), (128, 8, 3, True), (128, 4, 3, False),
-                                                (128, 4, 3, True), (64, 4, 3, False), (128, 8, 4, False)):
+            for block_n, warps, stages, two in SWEEP_CONFIGS:
                 TC_DECODE_TILES[cache.element_size()] = dict(block_n=block_n, num_warps=warps, num_stages=stages,
                                                              two_phase=two)
                 name = f"N{block_n} w{warps} s{stages}" + " 2-phase" * two
                 sub = []
                 try:
-                    bench_one(w, kv_dtype, True, cache, pages, scale, ws, sub, False)
+                    bench_one(w, kv_dtype, True, cache, pages, scale, ws, sub, True)
                     sub[0]["config"] = name
                     rows += sub
                 except Exception as e:
                     print(f"  {name}: {type(e).__name__}: {str(e)[:100]}")
             del cache
-    print(table(rows, ["workload", "kv", "config", "us (host)", "GB/s"]))
+    print(table(rows, ["workload", "kv", "config", "us (host)", "GB/s", "us (graph)", "GB/s (graph)"]))
 
 
 def l2_resident():

@@ -84,9 +84,9 @@ def gpu_twin(entry: dict) -> dict | None:
     c = entry["constexprs"]
     if entry["name"] == "attention_fwd_kernel":
         if c["PAGED"] and c["HAS_PARTIALS"]:  # tensor-core batch decode (decode.py's table)
-            from pyflashinfer.attention.decode import TC_DECODE_TILES
+            from pyflashinfer.attention.decode import tc_decode_tile
             fp8 = "fp8" in entry["signature"]["k_ptr"]
-            cfg = TC_DECODE_TILES[1 if fp8 else 2]
+            cfg = tc_decode_tile(1 if fp8 else 2, max(c["BLOCK_DQK"], c["BLOCK_DVO"]))
             tile = dict(BLOCK_N=cfg["block_n"]), cfg["num_warps"], cfg["num_stages"]
         else:  # a recorded BLOCK_M of the interpreter's cap (64) may stand for more rows on the GPU
             from pyflashinfer.attention.launch import prefill_tile

@@ -34,13 +34,25 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
 
 # Tensor-core path, by KV element size: BLOCK_N, (warps, stages) for the KV loop, and whether the
 # kernel runs its unmasked tiles in a loop of their own. Decode is memory bound: the tile must
-# keep enough bytes in flight per program. Chosen by `bench_decode.py --sweep` on the H100
-# (2026-11-23): bf16 128 x 8 warps x 3 stages gave 2,752 / 2,873 / 2,932 GB/s on gqa4 bs64 kv4096 /
-# gqa4 bs16 kv32768 / mha bs64 kv4096 (64 x 4 x 3: 2,490 / 2,714 / 2,945); fp8 128 x 4 x 3 gave
-# 1,664 / 1,749 (64 x 4 x 3: 1,425 / 1,383). The two-phase loop lifted fp8 to 1,822 / 2,098 and
-# cost bf16 10-15% (bench_decode.py, same day).
-TC_DECODE_TILES = {2: dict(block_n=128, num_warps=8, num_stages=3, two_phase=False),
+# keep enough bytes in flight per program. The pipeliner gives K/V stages - 1 buffers (page ids
+# read a tile ahead). Chosen by `bench_decode.py --sweep` on the H200 (2026-12-02, per CUDA-graph
+# replay, gqa4 bs64 kv4096 / gqa4 bs256 kv2048 / gqa4 bs16 kv32768 / mha bs64 kv4096): bf16
+# 64 x 8 warps x 4 stages 4,193 / 4,144 / 4,285 / 4,277 GB/s (64 x 4 x 4: 4,136 / 4,070 / 4,287 /
+# 4,232; 128 x 8 x 3, whose two 64 KiB buffers leave one program per SM: 3,347 / 3,359 / 3,392 /
+# 3,525); fp8 128 x 4 x 3 two-phase 2,782 / 2,617 / 2,964 (without the two-phase loop 2,598 /
+# 2,497 / 2,682; 64 x 4 x 4: 2,491 / 2,507 / 1,890).
+TC_DECODE_TILES = {2: dict(block_n=64, num_warps=8, num_stages=4, two_phase=False),
                    1: dict(block_n=128, num_warps=4, num_stages=3, two_phase=True)}
+
+
+def tc_decode_tile(kv_itemsize: int, head_dim: int) -> dict:
+    """The tensor-core decode tile for a KV element size and head dim: TC_DECODE_TILES (chosen at
+    d128), with BLOCK_N cut so that a tile holds no more bytes than at d128 (d256's K/V buffers
+    would not fit in shared memory)."""
+    cfg = TC_DECODE_TILES[kv_itemsize]
+    return {**cfg, "block_n": max(16, cfg["block_n"] * 128 // max(128, _pow2(head_dim)))}
+
+
 # q_len_per_req > 1: a request's n x group rows go in row tiles of at most this many rows
 # (prefill's d256 BLOCK_M; not yet measured for decode).
 TC_DECODE_MAX_BLOCK_M = 64
@@ -204,7 +216,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         group = num_qo_heads // num_kv_heads
         use_tc = n > 1 or (DEFAULT_TENSOR_CORES if self._use_tensor_cores is None else self._use_tensor_cores)
         if use_tc:
-            cfg = TC_DECODE_TILES[kv_dtype.itemsize]
+            cfg = tc_decode_tile(kv_dtype.itemsize, head_dim)
             block_m = _pow2(group) if n == 1 else min(TC_DECODE_MAX_BLOCK_M, _pow2(n * group))
             block_n, num_warps, num_stages = cfg["block_n"], cfg["num_warps"], cfg["num_stages"]
             two_phase = cfg["two_phase"]

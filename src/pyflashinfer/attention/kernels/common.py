@@ -86,16 +86,24 @@ def load_work(work_ptr, stride_w, w):
 
 
 @triton.jit
-def kv_offsets(offs_n, mask_n, page_ptr, stride_page, stride_tok, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
-    """Element offsets (int64) of KV tokens offs_n of one request: through its page table
-    (page_ptr points at its first page id) or contiguous (page_ptr unused). mask_n=None: every
-    token is in range."""
+def tile_pages(page_ptr, offs_n, hi, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
+    """Page ids (int64) of a request's KV tokens offs_n, 0 from hi on (page_ptr points at its
+    first page id); contiguous KV has none (zeros). The KV loops read a tile's ids one tile
+    ahead, so that no load of the loop depends on another load of the same iteration: Triton's
+    software pipeliner then keeps the K/V copies of later tiles in flight (with the ids loaded
+    in the same iteration it gave K/V a single buffer, and every tile waited for its copies)."""
     if PAGED:
-        if mask_n is None:
-            page = tl.load(page_ptr + offs_n // PAGE_SIZE).to(tl.int64)
-        else:
-            page = tl.load(page_ptr + offs_n // PAGE_SIZE, mask=mask_n, other=0).to(tl.int64)
-        return page * stride_page + (offs_n % PAGE_SIZE).to(tl.int64) * stride_tok
+        return tl.load(page_ptr + offs_n // PAGE_SIZE, mask=offs_n < hi, other=0).to(tl.int64)
+    else:
+        return tl.zeros_like(offs_n).to(tl.int64)
+
+
+@triton.jit
+def kv_offsets(offs_n, pages, stride_page, stride_tok, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):
+    """Element offsets (int64) of KV tokens offs_n of one request: through their page ids
+    (tile_pages) or contiguous (pages unused)."""
+    if PAGED:
+        return pages * stride_page + (offs_n % PAGE_SIZE).to(tl.int64) * stride_tok
     else:
         return offs_n.to(tl.int64) * stride_tok
 

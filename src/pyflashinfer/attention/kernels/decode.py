@@ -9,7 +9,9 @@ request split into kv_chunk ranges (axis 2), or a batch plan's work list (axis 0
 import triton
 import triton.language as tl
 
-from .common import finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
+from .common import (
+    finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out, tile_pages,
+)
 
 
 @triton.jit(do_not_specialize=["kv_len", "group_size", "kv_chunk", "window_left"])
@@ -79,10 +81,12 @@ def decode_fwd_kernel(
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_DVO], dtype=tl.float32)
 
+    pages = tile_pages(page_ptr, lo + offs_n0, hi, PAGED, PAGE_SIZE)  # one tile ahead
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         mask_n = offs_n < hi
-        k_rows = k_base + kv_offsets(offs_n, mask_n, page_ptr, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
+        next_pages = tile_pages(page_ptr, offs_n + BLOCK_N, hi, PAGED, PAGE_SIZE)
+        k_rows = k_base + kv_offsets(offs_n, pages, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
         mask_k = mask_n[:, None] & mask_dqk[None, :]
         if USE_ROPE:
             k = load_rope(k_rows, offs_dqk, mask_k, offs_n, HEAD_DIM_QK, rope_rcp_scale, rope_log2_theta)
@@ -94,10 +98,11 @@ def decode_fwd_kernel(
         s = tl.where(mask_n[None, :], s, float("-inf"))
 
         m_new, l_i, alpha, p = softmax_step(m_i, l_i, s)
-        v_rows = v_base + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+        v_rows = v_base + kv_offsets(offs_n, pages, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
         v = tl.load(v_rows + offs_dvo[None, :], mask=mask_n[:, None] & mask_dvo[None, :], other=0.0).to(tl.float32)
         acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
         m_i = m_new
+        pages = next_pages
 
     if HAS_SINKS:  # a split request's partial states get theirs when merged
         acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_g, slot < 0)

@@ -22,7 +22,9 @@ the output.
 import triton
 import triton.language as tl
 
-from .common import finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out
+from .common import (
+    finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out, tile_pages,
+)
 
 
 @triton.jit(do_not_specialize=["qo_len", "kv_len", "group_size", "kv_chunk", "window_left"])
@@ -134,14 +136,18 @@ def attention_fwd_kernel(
         full_hi = lo + tl.maximum(seen_by_all - lo, 0) // BLOCK_N * BLOCK_N
     for phase in tl.static_range(2):  # 0: [lo, full_hi) unmasked, 1: [full_hi, hi) masked
         if phase == 1 or UNMASKED_PHASE:
-            for start_n in tl.range(lo if phase == 0 else full_hi, full_hi if phase == 0 else hi, BLOCK_N,
+            start = lo if phase == 0 else full_hi
+            pages = tile_pages(page_ptr, start + offs_n0, hi, PAGED, PAGE_SIZE)  # one tile ahead
+            for start_n in tl.range(start, full_hi if phase == 0 else hi, BLOCK_N,
                                     warp_specialize=WARP_SPEC and phase == 0):
+                next_pages = tile_pages(page_ptr, start_n + BLOCK_N + offs_n0, hi, PAGED, PAGE_SIZE)
                 acc, m_i, l_i = attend_tile(
-                    acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
+                    acc, m_i, l_i, q, k_src, v_src, pages, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
                     mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
                     stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
                     HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, phase == 1, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
                     HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA, DOT_F16)
+                pages = next_pages
 
     if HAS_SINKS:  # a split request's partial states get theirs when merged
         acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, slot < 0)
@@ -167,7 +173,7 @@ def attention_fwd_kernel(
 
 
 @triton.jit
-def attend_tile(acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
+def attend_tile(acc, m_i, l_i, q, k_src, v_src, pages, mask_ptr, start_n, hi, offs_n0, offs_dqk, offs_dvo,
                 mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
                 stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
                 HEAD_DIM_QK: tl.constexpr, HEAD_DIM_VO: tl.constexpr, BLOCK_DQK: tl.constexpr,
@@ -177,7 +183,7 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi,
                 DOT_F16: tl.constexpr):
     """One KV tile [start_n, start_n + BLOCK_N) of the online softmax. MASKED=False: every key
     of the tile is in range and seen by every row (no bounds, no masks). k_src/v_src: tensor
-    descriptors (KV_TMA) or the KV head's base pointers."""
+    descriptors (KV_TMA) or the KV head's base pointers; pages: the tile's page ids (PAGED)."""
     offs_n = start_n + offs_n0
     if MASKED:
         mask_n = offs_n < hi
@@ -190,7 +196,7 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi,
     if KV_TMA:
         k = k_src.load([start_n, 0])
     else:
-        k_rows = k_src + kv_offsets(offs_n, mask_n, page_ptr, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
+        k_rows = k_src + kv_offsets(offs_n, pages, stride_kpage, stride_kn, PAGED, PAGE_SIZE)[:, None]
         if USE_ROPE:
             k = load_rope(k_rows, offs_dqk, mask_k, offs_n, HEAD_DIM_QK, rope_rcp_scale, rope_log2_theta)
         elif BLOCK_DQK == HEAD_DIM_QK and not MASKED:
@@ -220,7 +226,7 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, page_ptr, mask_ptr, start_n, hi,
     if KV_TMA:
         v = v_src.load([start_n, 0])
     else:
-        v_rows = v_src + kv_offsets(offs_n, mask_n, page_ptr, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+        v_rows = v_src + kv_offsets(offs_n, pages, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
         if BLOCK_DVO == HEAD_DIM_VO and not MASKED:
             v = tl.load(v_rows + offs_dvo[None, :])
         else:
