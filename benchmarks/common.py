@@ -115,6 +115,15 @@ def copy_ceiling_gbs(nbytes: int = 2 << 30) -> float:
     return 2 * a.numel() / t / 1e9
 
 
+def matmul_ceiling_tflops(n: int = 8192) -> float:
+    """bf16 n x n x n matrix product through torch on random data (zeros run faster), median of
+    10 after 3 warm-ups, measured now."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    t = time_host(lambda: a @ b, reps=10, warmup=3)
+    return 2 * n ** 3 / t / 1e12
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| (NaN anywhere -> inf)."""
     out, ref = out.float(), ref.float()

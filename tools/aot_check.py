@@ -6,7 +6,8 @@ run, is compiled for the variants the batch prefill launches (gluon_variants). V
 make it (16-byte divisibility of pointers and ints, ints equal to 1 as constants), so software
 pipelining, and the shared memory it takes, are those of the GPU build. The CPU run launches the attention kernels with the
 interpreter's small tiles, so each of their variants is also compiled with the tile the GPU
-would pick for it (its "GPU twin"). Usage: python tools/aot_check.py DIR  (DIR holds the
+would pick for it (its "GPU twin"). Paged tensor-core attention variants must also get
+num_stages - 1 shared-memory buffers for their K/V tiles (software-pipelined loads). Usage: python tools/aot_check.py DIR  (DIR holds the
 variants-*.jsonl files written when PYFLASHINFER_RECORD_VARIANTS=DIR). Exits 1 on any failure.
 With --regs it also runs ptxas -v on each variant's PTX and lists registers per thread and
 spilled bytes of the variants that spill (slower; a guide for tuning, never a failure).
@@ -44,6 +45,26 @@ def _ptxas_usage(ptx: str) -> tuple[str, int | None]:
     return f"{regs.group(1) if regs else '?'} registers, {'?' if spilled is None else spilled} B spilled", spilled
 
 
+def _kv_buffers_error(entry: dict, ttgir: str) -> str:
+    """A paged tensor-core attention variant whose K/V tiles got fewer than num_stages - 1
+    shared-memory buffers: a load of its KV loop depends on another load of the same iteration
+    (the page ids; kernels/common.py tile_pages reads them a tile ahead), so Triton's pipeliner
+    cannot keep later tiles' copies in flight. Correct, but latency-bound on the GPU."""
+    import re
+
+    c = entry["constexprs"]
+    if entry["name"] != "attention_fwd_kernel" or not c.get("PAGED") or entry["num_stages"] < 2:
+        return ""
+    tiles = {(c["BLOCK_N"], c["BLOCK_DQK"]), (c["BLOCK_N"], c["BLOCK_DVO"])}
+    bufs = [int(n) for n, rows, cols in re.findall(r"local_alloc : \(\) -> !ttg.memdesc<(\d+)x(\d+)x(\d+)x", ttgir)
+            if (int(rows), int(cols)) in tiles]
+    want = entry["num_stages"] - 1
+    if bufs and min(bufs) >= want:
+        return ""
+    return (f"its K/V tiles get {min(bufs) if bufs else 0} shared-memory buffer(s), fewer than num_stages - 1 = "
+            f"{want}: a load in the KV loop depends on another load of the same iteration")
+
+
 def _compile(entry: dict, regs: bool = False) -> tuple[str, str, str]:
     """(label, error or "", with regs: the ptxas usage of a variant that spills (or may), else "")."""
     os.environ.pop("TRITON_INTERPRET", None)
@@ -69,7 +90,7 @@ def _compile(entry: dict, regs: bool = False) -> tuple[str, str, str]:
             usage = "" if spilled == 0 else f"{tile}, {entry['num_warps']} warps, {entry['num_stages']} stages: {text}"
         if ck.metadata.shared > SMEM_LIMIT:
             return label, f"uses {ck.metadata.shared} B of shared memory, over the {SMEM_LIMIT} B limit", usage
-        return label, "", usage
+        return label, _kv_buffers_error(entry, ck.asm["ttgir"]), usage
     except Exception as e:  # report every failing variant, not just the first
         chain, c = [], e  # the root cause sits at the end of the __cause__ chain
         while c is not None:
