@@ -128,11 +128,13 @@ def profile_run():
     print(f"host time per run() (no sync, launches queue): {host * 1e6:.1f} us")
 
 
-# (BLOCK_N, warps, stages, two-phase KV loop) tried by --sweep. Triton's pipeliner gives the K/V
-# tiles stages - 1 shared-memory buffers (the page ids are read one tile ahead: kernels/common.py).
-SWEEP_CONFIGS = ((128, 8, 3, False), (128, 8, 2, False), (128, 4, 3, False), (128, 4, 3, True), (128, 4, 4, False),
-                 (64, 4, 3, False), (64, 4, 4, False), (64, 4, 5, False), (64, 8, 4, False), (64, 4, 4, True),
-                 (32, 4, 5, False))
+# (BLOCK_N, warps, stages, two-phase KV loop, register cap or 0) tried by --sweep. Triton's
+# pipeliner gives the K/V tiles stages - 1 shared-memory buffers (the page ids are read one tile
+# ahead: kernels/common.py). A register cap lets more programs share an SM (fp8 128 x 4 x 3 needs
+# 208 registers per thread uncapped: two programs).
+SWEEP_CONFIGS = ((64, 8, 4, False, 0), (64, 4, 4, False, 0), (64, 8, 4, False, 128), (128, 8, 2, False, 0),
+                 (128, 4, 3, True, 0), (128, 4, 3, True, 168), (128, 8, 3, True, 128), (128, 8, 3, True, 0),
+                 (128, 4, 3, False, 168), (64, 4, 4, True, 168), (64, 4, 3, True, 128))
 
 
 def sweep():
@@ -145,10 +147,10 @@ def sweep():
         w = next(x for x in DECODE if x.name == name)
         for kv_dtype in ((torch.bfloat16, torch.float8_e4m3fn) if w.q_heads != w.kv_heads else (torch.bfloat16,)):
             cache, pages, scale = build(w, kv_dtype)
-            for block_n, warps, stages, two in SWEEP_CONFIGS:
+            for block_n, warps, stages, two, maxnreg in SWEEP_CONFIGS:
                 TC_DECODE_TILES[cache.element_size()] = dict(block_n=block_n, num_warps=warps, num_stages=stages,
-                                                             two_phase=two)
-                name = f"N{block_n} w{warps} s{stages}" + " 2-phase" * two
+                                                             two_phase=two, maxnreg=maxnreg)
+                name = f"N{block_n} w{warps} s{stages}" + " 2-phase" * two + f" maxnreg {maxnreg}" * (maxnreg > 0)
                 sub = []
                 try:
                     bench_one(w, kv_dtype, True, cache, pages, scale, ws, sub, True)

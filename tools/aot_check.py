@@ -81,8 +81,10 @@ def _compile(entry: dict, regs: bool = False) -> tuple[str, str, str]:
         attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, d in entry.get("attrs", {}).items() if d == "D"}
         source = GluonASTSource if entry.get("gluon") else ASTSource
         src = source(fn=kernel, signature=entry["signature"], constexprs=entry["constexprs"], attrs=attrs)
-        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]})
+        options = {"num_warps": entry["num_warps"], "num_stages": entry["num_stages"]}
+        if entry.get("maxnreg") is not None:
+            options["maxnreg"] = entry["maxnreg"]
+        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
         usage = ""
         if regs:
             text, spilled = _ptxas_usage(ck.asm["ptx"])
@@ -103,12 +105,14 @@ def gpu_twin(entry: dict) -> dict | None:
     """The variant as the GPU would launch it: the attention kernels' tiles are chosen per
     device (pyflashinfer.attention.launch / decode); other kernels' launches do not change."""
     c = entry["constexprs"]
+    maxnreg = None
     if entry["name"] == "attention_fwd_kernel":
         if c["PAGED"] and c["HAS_PARTIALS"]:  # tensor-core batch decode (decode.py's table)
             from pyflashinfer.attention.decode import tc_decode_tile
             fp8 = "fp8" in entry["signature"]["k_ptr"]
             cfg = tc_decode_tile(1 if fp8 else 2, max(c["BLOCK_DQK"], c["BLOCK_DVO"]))
-            tile = dict(BLOCK_N=cfg["block_n"]), cfg["num_warps"], cfg["num_stages"]
+            tile = dict(BLOCK_N=cfg["block_n"], TWO_PHASE=cfg["two_phase"]), cfg["num_warps"], cfg["num_stages"]
+            maxnreg = cfg.get("maxnreg")
         else:  # a recorded BLOCK_M of the interpreter's cap (64) may stand for more rows on the GPU
             from pyflashinfer.attention.launch import prefill_tile
             rows = 1 << 20 if c["BLOCK_M"] >= 64 else c["BLOCK_M"]
@@ -121,7 +125,11 @@ def gpu_twin(entry: dict) -> dict | None:
     else:
         return None
     consts, num_warps, num_stages = tile
-    return {**entry, "constexprs": {**c, **consts}, "num_warps": num_warps, "num_stages": num_stages, "twin": True}
+    twin = {**entry, "constexprs": {**c, **consts}, "num_warps": num_warps, "num_stages": num_stages, "twin": True}
+    twin.pop("maxnreg", None)
+    if maxnreg is not None:
+        twin["maxnreg"] = maxnreg
+    return twin
 
 
 def gluon_variants() -> list[dict]:

@@ -27,7 +27,7 @@ def _is_constexpr(param: inspect.Parameter) -> bool:
     return ann is tl.constexpr or (isinstance(ann, str) and ann.endswith("constexpr"))
 
 
-def _record(kernel, kwargs: dict, num_warps: int, num_stages: int) -> None:
+def _record(kernel, kwargs: dict, num_warps: int, num_stages: int, maxnreg: Optional[int]) -> None:
     """Record the variant as the GPU would specialise it: Triton's own rules (an int equal to 1
     becomes a constant; pointers and ints that are multiples of 16 are marked "D", divisible),
     except for the kernel's do_not_specialize arguments."""
@@ -55,6 +55,8 @@ def _record(kernel, kwargs: dict, num_warps: int, num_stages: int) -> None:
                 attrs[name] = "D"
     entry = {"module": fn.__module__, "name": fn.__name__, "signature": sig, "constexprs": consts,
              "attrs": attrs, "num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg is not None:
+        entry["maxnreg"] = maxnreg
     key = json.dumps(entry, sort_keys=True)
     if key in _seen:
         return
@@ -77,18 +79,19 @@ def _scratch(size: int, alignment: int, stream):
 _compiled: dict = {}
 
 
-def _fast_key(kernel, device: int, kwargs: dict, num_warps: int, num_stages: int):
+def _fast_key(kernel, device: int, kwargs: dict, options: dict):
     """Triton's own binder gives the specialisation (dtypes, 16-byte alignment, ints equal to 1
     or divisible by 16, constexpr values); with the launch options it names a compiled kernel."""
     caches = kernel.device_caches.get(device)
     if caches is None:
         return None, None
-    bound_args, specialization, _ = caches[4](**kwargs, num_warps=num_warps, num_stages=num_stages)
+    bound_args, specialization, _ = caches[4](**kwargs, **options)
+    opts = tuple(sorted(options.items()))
     try:
-        key = (id(kernel), device, num_warps, num_stages, tuple(specialization))
+        key = (id(kernel), device, opts, tuple(specialization))
         hash(key)
     except TypeError:
-        key = (id(kernel), device, num_warps, num_stages, str(specialization))
+        key = (id(kernel), device, opts, str(specialization))
     return key, bound_args
 
 
@@ -122,28 +125,33 @@ def _check_names(kernel, kwargs: dict) -> None:
         raise TypeError(f"{fn.__name__}: unexpected arguments {unknown}")
 
 
-def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, **kwargs) -> Optional[Replay]:
-    """kernel[grid](**kwargs) with launch options; records the variant when asked to.
+def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, maxnreg: Optional[int] = None,
+           **kwargs) -> Optional[Replay]:
+    """kernel[grid](**kwargs) with launch options (maxnreg: a cap on registers per thread, so
+    that more programs fit on an SM); records the variant when asked to.
 
     On the GPU, a variant launched before goes straight to its compiled launcher: Triton's
     `JITFunction.run` costs tens of microseconds of host time per call (cache key strings,
     hooks, option parsing), which decode at batch 1 cannot afford. Returns a `Replay` of this
     launch on the GPU (None under the interpreter)."""
     if _RECORD_DIR:
-        _record(kernel, kwargs, num_warps, num_stages)
+        _record(kernel, kwargs, num_warps, num_stages, maxnreg)
+    options = dict(num_warps=num_warps, num_stages=num_stages)
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     if _INTERPRETING:
         _check_names(kernel, kwargs)
-        kernel[grid](**kwargs, num_warps=num_warps, num_stages=num_stages)
+        kernel[grid](**kwargs, **options)
         return None
     device = torch.cuda.current_device()
     if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:  # the user's allocator wins
         triton.set_allocator(_scratch)
-    key, bound_args = _fast_key(kernel, device, kwargs, num_warps, num_stages)
+    key, bound_args = _fast_key(kernel, device, kwargs, options)
     compiled = _compiled.get(key) if key is not None else None
     if compiled is None:
-        compiled = kernel[grid](**kwargs, num_warps=num_warps, num_stages=num_stages)
+        compiled = kernel[grid](**kwargs, **options)
         if key is None:
-            key, bound_args = _fast_key(kernel, device, kwargs, num_warps, num_stages)
+            key, bound_args = _fast_key(kernel, device, kwargs, options)
         if key is None or not hasattr(compiled, "packed_metadata"):
             return None
         _compiled[key] = compiled

@@ -33,7 +33,7 @@ def _paged_decode_launch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, plan_buf: torch.Tensor,
     part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
     alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
-    block_n: int, num_warps: int, num_stages: int, merge: bool, sm_scale: float, soft_cap: float,
+    block_n: int, num_warps: int, num_stages: int, maxnreg: int, merge: bool, sm_scale: float, soft_cap: float,
     window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
     use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor], two_phase: bool,
 ) -> list:
@@ -62,8 +62,8 @@ def _paged_decode_launch(
     )
     grid = (max_work, num_kv_heads, 1)
     if use_tensor_cores:
-        attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, mask_ptr=None,
-                      mask_indptr_ptr=None, qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=block_m,
+        attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg or None,
+                      mask_ptr=None, mask_indptr_ptr=None, qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=block_m,
                       IS_CAUSAL=q_len_per_req > 1, HAS_MASK=False, DOT_F16=k.element_size() == 1,
                       HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, TWO_PHASE=two_phase,
                       part_indptr_ptr=None, PARTIALS_BY_TOKEN=False, scale_q_ptr=None, scale_k_ptr=None,

@@ -40,9 +40,11 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
 # 64 x 8 warps x 4 stages 4,193 / 4,144 / 4,285 / 4,277 GB/s (64 x 4 x 4: 4,136 / 4,070 / 4,287 /
 # 4,232; 128 x 8 x 3, whose two 64 KiB buffers leave one program per SM: 3,347 / 3,359 / 3,392 /
 # 3,525); fp8 128 x 4 x 3 two-phase 2,782 / 2,617 / 2,964 (without the two-phase loop 2,598 /
-# 2,497 / 2,682; 64 x 4 x 4: 2,491 / 2,507 / 1,890).
+# 2,497 / 2,682; 64 x 4 x 4: 2,491 / 2,507 / 1,890). fp8 needs 208 registers per thread, two
+# programs per SM; capped at 168 (16 B spilled), three: 2,796 / 2,962 / 3,015 against 2,797 /
+# 2,634 / 2,980 uncapped in the same sweep (maxnreg 128 with 8 warps: 2,187 / 2,167 / 2,249).
 TC_DECODE_TILES = {2: dict(block_n=64, num_warps=8, num_stages=4, two_phase=False),
-                   1: dict(block_n=128, num_warps=4, num_stages=3, two_phase=True)}
+                   1: dict(block_n=128, num_warps=4, num_stages=3, two_phase=True, maxnreg=168)}
 
 
 def tc_decode_tile(kv_itemsize: int, head_dim: int) -> dict:
@@ -73,7 +75,7 @@ class _Statics:
     row_tiles: int                   # per request and KV chunk
     split_tokens: Optional[int]      # fixed_split_size in tokens
     disable_split_kv: bool
-    launch_cfg: tuple                # (num_warps, num_stages)
+    launch_cfg: tuple                # (num_warps, num_stages, maxnreg; 0 = no register cap)
     two_phase: bool                  # tensor cores: unmasked KV tiles first (kernels/prefill.py)
     alibi: Optional[torch.Tensor]
 
@@ -219,11 +221,13 @@ class BatchDecodeWithPagedKVCacheWrapper:
             cfg = tc_decode_tile(kv_dtype.itemsize, head_dim)
             block_m = _pow2(group) if n == 1 else min(TC_DECODE_MAX_BLOCK_M, _pow2(n * group))
             block_n, num_warps, num_stages = cfg["block_n"], cfg["num_warps"], cfg["num_stages"]
+            maxnreg = cfg.get("maxnreg", 0)
             two_phase = cfg["two_phase"]
         else:
             two_phase = False
             tile = decode_tile(max(1, 1 << (group - 1).bit_length()), max(16, 1 << (head_dim - 1).bit_length()))
             block_m, block_n, num_warps, num_stages = tile.block_m, tile.block_n, tile.num_warps, tile.num_stages
+            maxnreg = 0
         variant = Variant(sm_scale=1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale),
                           window_left=window_left, soft_cap=V.check_soft_cap(logits_soft_cap),
                           use_rope=mode == PosEncodingMode.ROPE_LLAMA,
@@ -238,7 +242,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              block_n=block_n),
             row_tiles=triton.cdiv(n * group, block_m),
             split_tokens=None if fixed_split_size is None else fixed_split_size * page_size,
-            disable_split_kv=disable_split_kv, launch_cfg=(num_warps, num_stages), two_phase=two_phase,
+            disable_split_kv=disable_split_kv, launch_cfg=(num_warps, num_stages, maxnreg), two_phase=two_phase,
             alibi=get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None)
 
     def _make_plan(self, st: _Statics, indptr: torch.Tensor, indices: torch.Tensor, last_page_len: torch.Tensor,
@@ -372,12 +376,12 @@ class BatchDecodeWithPagedKVCacheWrapper:
         out, lse = run_outputs(out, lse, return_lse, shape, plan.o_dtype, self._device)
         var = plan.variant
         sm_scale = var.sm_scale * (1.0 if q_scale is None else float(q_scale)) * (1.0 if k_scale is None else float(k_scale))
-        num_warps, num_stages = self._statics.launch_cfg
+        num_warps, num_stages, maxnreg = self._statics.launch_cfg
         replays = paged_decode(
             q=q, k=cache.k, v=cache.v, kv_indices=self._kv_indices, plan_buf=plan.buffer, part_o=plan.part_o,
             part_lse=plan.part_lse, out=out, lse=lse, alibi=self._statics.alibi, batch=plan.batch_size,
             max_work=plan.max_work, hnd=self._layout == "HND", use_tensor_cores=plan.use_tensor_cores,
-            block_n=plan.block_n, num_warps=num_warps, num_stages=num_stages,
+            block_n=plan.block_n, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
             merge=self._use_cuda_graph or plan.num_partials > 0, sm_scale=sm_scale,
             soft_cap=var.soft_cap, window_left=var.window_left, rope_rcp_scale=1.0 / var.rope_scale,
             rope_log2_theta=math.log2(var.rope_theta), v_scale=1.0 if v_scale is None else float(v_scale),
