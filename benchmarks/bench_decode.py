@@ -1,4 +1,4 @@
-"""Batch decode over a paged KV cache on the H100: the decode workloads of PERFORMANCE.md.
+"""Batch decode over a paged KV cache on the GPU: the decode workloads of PERFORMANCE.md.
 
     python benchmarks/bench_decode.py [--out results.json]
 

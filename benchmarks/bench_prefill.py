@@ -1,4 +1,4 @@
-"""Prefill on the H100: the four prefill workloads of PERFORMANCE.md.
+"""Prefill on the GPU: the four prefill workloads of PERFORMANCE.md.
 
     python benchmarks/bench_prefill.py [--out results.json]
     python benchmarks/bench_prefill.py --sweep     # tile configs x (TMA, pointer, paged) loads

@@ -1,4 +1,4 @@
-"""Single-request decode latency on the H100 (prefill: bench_prefill.py).
+"""Single-request decode latency on the GPU (prefill: bench_prefill.py).
 
     python benchmarks/bench_single.py [--out results.json]
 
