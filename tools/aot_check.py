@@ -7,8 +7,9 @@ make it (16-byte divisibility of pointers and ints, ints equal to 1 as constants
 pipelining, and the shared memory it takes, are those of the GPU build. The CPU run launches the attention kernels with the
 interpreter's small tiles, so each of their variants is also compiled with the tile the GPU
 would pick for it (its "GPU twin"). Paged tensor-core attention variants must also get
-num_stages - 1 shared-memory buffers for their K/V tiles (software-pipelined loads). Usage: python tools/aot_check.py DIR  (DIR holds the
-variants-*.jsonl files written when PYFLASHINFER_RECORD_VARIANTS=DIR). Exits 1 on any failure.
+num_stages - 1 shared-memory buffers for their K/V tiles (software-pipelined loads).
+Usage: python tools/aot_check.py DIR  (DIR holds the variants-*.jsonl files written when
+PYFLASHINFER_RECORD_VARIANTS=DIR). Exits 1 on any failure.
 With --regs it also runs ptxas -v on each variant's PTX and lists registers per thread and
 spilled bytes of the variants that spill (slower; a guide for tuning, never a failure).
 """
