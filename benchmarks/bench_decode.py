@@ -55,6 +55,13 @@ def request_kv(cache, table, b, scale):
     return kv[0], kv[1]
 
 
+def add_graph_time(row, fn, nbytes):
+    """Per-call time of fn inside a CUDA graph, and the GB/s it reads, into row (None if capture fails)."""
+    tg = time_graph(fn)
+    row["us (graph)"] = None if tg is None else tg * 1e6
+    row["GB/s (graph)"] = None if tg is None else nbytes / tg / 1e9
+
+
 def bench_one(w, kv_dtype, use_tc, cache, table, scale, ws, rows, graph):
     q = torch.randn(w.batch, w.q_heads, w.head_dim, device="cuda", dtype=torch.bfloat16)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tc)
@@ -78,9 +85,7 @@ def bench_one(w, kv_dtype, use_tc, cache, table, scale, ws, rows, graph):
            "us (host)": t * 1e6, "GB/s": nbytes / t / 1e9, "plan": repr(wrapper.plan_value).split(", ", 5)[-1][:60],
            "plan ms": plan_s * 1e3}
     if graph:
-        tg = time_graph(fn)
-        row["us (graph)"] = None if tg is None else tg * 1e6
-        row["GB/s (graph)"] = None if tg is None else nbytes / tg / 1e9
+        add_graph_time(row, fn, nbytes)
     print(row, flush=True)
     rows.append(row)
 
@@ -107,8 +112,7 @@ def bench_sdpa(w, cache, table, rows, graph):
                 row = {"workload": w.name, "kv": "bfloat16 contiguous", "path": label + ("" if gqa else " (heads expanded)"),
                        "us (host)": t * 1e6, "GB/s": w.kv_bytes(2) / t / 1e9}
                 if graph:
-                    tg = time_graph(fn)
-                    row["us (graph)"] = None if tg is None else tg * 1e6
+                    add_graph_time(row, fn, w.kv_bytes(2))
                 print(row, flush=True)
                 rows.append(row)
                 break
