@@ -206,3 +206,24 @@ def test_top_k_support_per_row_k_bf16(seed, device):
     draw = S.top_k_sampling_from_probs(probs.to(device), k.to(device), indices=rows.to(device), seed=seed,
                                        offset=0).cpu().long()
     assert keep[rows, draw].all(), "a token outside the per-row top k"
+
+
+@pytest.mark.parametrize("logits_in", [False, True], ids=["probs", "logits"])
+def test_top_k_first_rows_of_both_paths(logits_in, device):
+    """top_k_first: a row's top k come from its candidates (two passes) unless ties give it more
+    candidates than its slots; such rows fall back to the radix select and the rejection
+    sampler within the same call. Row 1 ties everywhere (the top 5 are all 111 tokens), row 2
+    has 70 tokens tied at the top; both exceed the 64 slots of k = 5."""
+    logits = llm_logits(3, VOCAB, scale=2.0)
+    logits[1] = 0.5
+    logits[2, 20:90] = 9.0
+    probs = probs_of(logits)
+    idx = interleaved_indices(3, N_DRAWS)
+    if logits_in:
+        samples = S.top_k_top_p_sampling_from_logits(logits.to(device), 5, 0.9, indices=idx.to(device), seed=3,
+                                                     offset=0)
+    else:
+        samples = S.top_k_top_p_sampling_from_probs(probs.to(device), 5, 0.9, indices=idx.to(device), seed=3,
+                                                    offset=0)
+    target, allowed = allowed_and_target(probs, top_k=5, top_p=0.9)
+    check_distribution(samples, idx, target, allowed, "top_k_first, both paths")

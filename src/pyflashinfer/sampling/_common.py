@@ -59,6 +59,26 @@ def row_tile(batch: int, vocab: int) -> RowTile:
     return _GPU_TILES[block]
 
 
+# The small-k top-k path (kernels/topk.py topk_candidates, rank_candidates): candidate slots per
+# row, and how many candidates each ranking step compares at once. With tokens in no particular
+# order a row has about k candidates; slots for 2k (at least 64, at most 1024: the ranking is
+# quadratic in them), 512 for a per-row k, whose values the host does not read. Rows with more
+# candidates fall back to the radix select.
+TOPK_SLOTS_MIN, TOPK_SLOTS_MAX, TOPK_SLOTS_PER_ROW_K = 64, 1024, 512
+TOPK_CHUNK = 16
+
+
+def topk_slots(batch: int, vocab: int, top_k: Optional[int]) -> int:
+    """Candidate slots per row for topk_sampling_kernel given a scalar top_k (None: a per-row
+    tensor), or 0 where that path cannot take the call (top_k >= vocab filters nothing; top_k
+    above a tile's lanes or the slots)."""
+    cap = max(16, triton.next_power_of_2(vocab))  # a row never has more candidates than tokens
+    if top_k is None:
+        return min(TOPK_SLOTS_PER_ROW_K, cap)
+    slots = min(max(TOPK_SLOTS_MIN, triton.next_power_of_2(2 * top_k)), TOPK_SLOTS_MAX, cap)
+    return slots if 0 < top_k < vocab and top_k <= min(row_tile(batch, vocab).block, slots) else 0
+
+
 def check_rows(name: str, x, dtypes=PROB_DTYPES) -> torch.device:
     """A [batch, vocab] tensor on the kernel device whose rows are contiguous."""
     V.check_tensor(name, x, 2)

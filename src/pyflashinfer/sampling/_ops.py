@@ -9,9 +9,9 @@ import torch
 import triton
 
 from .._launch import Replay, cdiv, launch, launcher_op
-from ._common import MAX_RENORM_ROUNDS, MAX_SAMPLING_ROUNDS, row_tile
+from ._common import MAX_RENORM_ROUNDS, MAX_SAMPLING_ROUNDS, TOPK_CHUNK, row_tile, topk_slots
 from .kernels.renorm import top_p_renorm_kernel
-from .kernels.sample import sampling_kernel
+from .kernels.sample import sampling_kernel, topk_sampling_kernel
 from .kernels.softmax import softmax_kernel
 from .kernels.speculative import chain_speculative_kernel
 from .kernels.topk import topk_filter_kernel, topk_threshold_kernel
@@ -35,29 +35,37 @@ def _launch_rows(kernel, num_rows: int, width: int, /, *, radix: bool = False, l
 
 
 def _sample_impl(x: torch.Tensor, samples: torch.Tensor, valid: torch.Tensor, indices: Optional[torch.Tensor],
-                 thr: Optional[torch.Tensor], top_k_t: Optional[torch.Tensor], top_p_t: Optional[torch.Tensor],
+                 thr: Optional[torch.Tensor], done: Optional[torch.Tensor], slots: Optional[torch.Tensor],
+                 count: Optional[torch.Tensor], top_k_t: Optional[torch.Tensor], top_p_t: Optional[torch.Tensor],
                  min_p_t: Optional[torch.Tensor], seed_t: Optional[torch.Tensor], offset_t: Optional[torch.Tensor],
                  top_k: int, top_p: float, min_p: float, seed: int, offset: int, seed_stride: int,
                  offset_stride: int, is_logits: bool, top_k_mode: int, has_top_p: bool,
                  has_min_p: bool) -> Optional[list]:
-    """The sampling launch (after, in top_k_first mode, the radix select into thr [batch]
-    int32). Returns the launches' Replays (None on CPU or for no rows)."""
+    """The sampling launches: in top_k_first mode, first the small-k path (with `done`, which
+    finishes the rows it can; kernels/sample.py topk_sampling_kernel) and the radix select of
+    the rest into thr [batch] int32; then the rejection sampler (of the rows left). Returns the
+    launches' Replays (None on CPU or for no rows)."""
     batch, vocab = samples.shape[0], x.shape[1]
+    common = dict(x_ptr=x, indices_ptr=indices, top_k_ptr=top_k_t, stride_x=x.stride(0), batch=batch, vocab=vocab,
+                  top_k=top_k, IS_LOGITS=is_logits, HAS_INDICES=indices is not None,
+                  TOP_K_PER_ROW=top_k_t is not None)
+    seeds = dict(seed_ptr=seed_t, offset_ptr=offset_t, seed=seed, offset=offset, seed_stride=seed_stride,
+                 offset_stride=offset_stride, SEED_IN_TENSOR=seed_t is not None, OFFSET_IN_TENSOR=offset_t is not None)
     replays = []
-    if top_k_mode == 1:
+    if done is not None:
         replays.append(_launch_rows(
-            topk_threshold_kernel, batch, vocab, radix=True, x_ptr=x, thr_ptr=thr, indices_ptr=indices,
-            top_k_ptr=top_k_t, stride_x=x.stride(0), batch=batch, vocab=vocab, top_k=top_k, IS_LOGITS=is_logits,
-            HAS_INDICES=indices is not None, TOP_K_PER_ROW=top_k_t is not None))
+            topk_sampling_kernel, batch, vocab, radix=True, **common, **seeds, out_ptr=samples, valid_ptr=valid,
+            done_ptr=done, slots_ptr=slots, count_ptr=count, top_p_ptr=top_p_t, top_p=top_p, HAS_TOP_P=has_top_p,
+            TOP_P_PER_ROW=top_p_t is not None, SLOTS=slots.shape[1], CHUNK=TOPK_CHUNK))
+    if top_k_mode == 1:
+        replays.append(_launch_rows(topk_threshold_kernel, batch, vocab, radix=True, **common, thr_ptr=thr,
+                                    done_ptr=done, HAS_DONE=done is not None))
     replays.append(_launch_rows(
-        sampling_kernel, batch, vocab, lanes=True,
-        x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices, top_k_ptr=top_k_t, top_p_ptr=top_p_t,
-        min_p_ptr=min_p_t, seed_ptr=seed_t, offset_ptr=offset_t, thr_ptr=thr, stride_x=x.stride(0), batch=batch,
-        vocab=vocab, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, offset=offset, seed_stride=seed_stride,
-        offset_stride=offset_stride, IS_LOGITS=is_logits, HAS_INDICES=indices is not None, TOP_K_MODE=top_k_mode,
-        HAS_TOP_P=has_top_p, HAS_MIN_P=has_min_p, TOP_K_PER_ROW=top_k_t is not None,
-        TOP_P_PER_ROW=top_p_t is not None, MIN_P_PER_ROW=min_p_t is not None, SEED_IN_TENSOR=seed_t is not None,
-        OFFSET_IN_TENSOR=offset_t is not None, MAX_ROUNDS=MAX_SAMPLING_ROUNDS))
+        sampling_kernel, batch, vocab, lanes=True, **common, **seeds,
+        out_ptr=samples, valid_ptr=valid, top_p_ptr=top_p_t, min_p_ptr=min_p_t, thr_ptr=thr, done_ptr=done,
+        top_p=top_p, min_p=min_p, HAS_DONE=done is not None, TOP_K_MODE=top_k_mode, HAS_TOP_P=has_top_p,
+        HAS_MIN_P=has_min_p, TOP_P_PER_ROW=top_p_t is not None, MIN_P_PER_ROW=min_p_t is not None,
+        MAX_ROUNDS=MAX_SAMPLING_ROUNDS))
     return None if any(r is None for r in replays) else replays
 
 
@@ -71,9 +79,13 @@ def _softmax_impl(x: torch.Tensor, out: torch.Tensor, temp_t: Optional[torch.Ten
 def _topk_filter_impl(x: torch.Tensor, out: torch.Tensor, top_k_t: Optional[torch.Tensor], top_k: int,
                       renorm: bool) -> None:
     batch, vocab = x.shape
+    # a scalar top_k the small-k path cannot take gets the fewest slots (its rows use the radix select)
+    slots = topk_slots(batch, vocab, None if top_k_t is not None else top_k) or 16
     _launch_rows(topk_filter_kernel, batch, vocab, radix=True, x_ptr=x, out_ptr=out, top_k_ptr=top_k_t,
+                 slots_ptr=torch.empty(batch, slots, dtype=torch.uint64, device=x.device),
+                 count_ptr=torch.empty(batch, dtype=torch.int32, device=x.device),
                  stride_x=x.stride(0), stride_out=out.stride(0), batch=batch, vocab=vocab, top_k=top_k,
-                 TOP_K_PER_ROW=top_k_t is not None, RENORM=renorm)
+                 TOP_K_PER_ROW=top_k_t is not None, RENORM=renorm, SLOTS=slots, CHUNK=TOPK_CHUNK)
 
 
 def _top_p_renorm_impl(x: torch.Tensor, out: torch.Tensor, top_p_t: Optional[torch.Tensor], top_p: float) -> None:
@@ -97,7 +109,7 @@ def _speculative_impl(draft: torch.Tensor, ids: torch.Tensor, target: torch.Tens
                  OFFSET_IN_TENSOR=offset_t is not None)
 
 
-sample_launch = launcher_op("sampling_sample", _sample_impl, ("samples", "valid", "thr"))
+sample_launch = launcher_op("sampling_sample", _sample_impl, ("samples", "valid", "thr", "done", "slots", "count"))
 softmax_launch = launcher_op("sampling_softmax", _softmax_impl, ("out",))
 topk_filter_launch = launcher_op("sampling_topk_filter", _topk_filter_impl, ("out",))
 top_p_renorm_launch = launcher_op("sampling_top_p_renorm", _top_p_renorm_impl, ("out",))

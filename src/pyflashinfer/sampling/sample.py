@@ -28,7 +28,8 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .._launch import ReplayCache, empty_output, replay_key
-from ._common import RowParam, check_indices, check_nan, check_order, check_rows, philox_args, row_param
+from ._common import (RowParam, check_indices, check_nan, check_order, check_rows, philox_args, row_param,
+                      topk_slots)
 from ._ops import sample_launch
 
 Samples = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
@@ -52,13 +53,21 @@ def _kind(v):
     return v if isinstance(v, torch.Tensor) or v is None else type(v)
 
 
-def _outputs(batch: int, indices: Optional[torch.Tensor], device: torch.device, top_k_first: bool) -> tuple:
-    """A call's samples (int32, or the dtype of `indices`), valid flags, and the radix select's
-    per-row thresholds (top_k_first only, else None)."""
-    samples = empty_output(batch, dtype=torch.int32 if indices is None else indices.dtype, device=device)
-    valid = empty_output(batch, dtype=torch.bool, device=device)
-    thr = torch.empty(batch, dtype=torch.int32, device=device) if top_k_first else None
-    return samples, valid, thr
+def _outputs(batch: int, indices: Optional[torch.Tensor], device: torch.device, top_k_first: bool,
+             slots: int) -> dict:
+    """A call's samples (int32, or the dtype of `indices`), valid flags and scratch: the radix
+    select's per-row thresholds (top_k_first), and for the small-k path (slots > 0) its done
+    flags, candidate slots and counters."""
+    out = dict(samples=empty_output(batch, dtype=torch.int32 if indices is None else indices.dtype, device=device),
+               valid=empty_output(batch, dtype=torch.bool, device=device), thr=None, done=None, slots=None,
+               count=None)
+    if top_k_first:
+        out["thr"] = torch.empty(batch, dtype=torch.int32, device=device)
+    if slots:
+        out["done"] = torch.empty(batch, dtype=torch.int32, device=device)
+        out["slots"] = torch.empty(batch, slots, dtype=torch.uint64, device=device)
+        out["count"] = torch.empty(batch, dtype=torch.int32, device=device)
+    return out
 
 
 def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[torch.Tensor],
@@ -70,18 +79,20 @@ def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[to
     key = None if check_nan_ else replay_key(
         _sample, x, indices, name, is_logits, top_k_mode, generator, _kind(seed), _kind(offset), capturing,
         *(v if isinstance(v, torch.Tensor) else (v, type(v)) for v in params.values()))
-    replays = _REPLAYS.get(key)
-    if replays is not None:  # checked when first seen
+    seen = _REPLAYS.get(key)
+    if seen is not None:  # checked when first seen
+        replays, top_k_first, slots = seen
         device = x.device
         batch = indices.shape[0] if indices is not None else x.shape[0]
-        samples, valid, thr = _outputs(batch, indices, device, top_k_first=len(replays) > 1)  # radix select first
+        out = _outputs(batch, indices, device, top_k_first, slots)
         randomness = philox_args(seed, offset, generator, device, batch)
-        args = dict(x_ptr=x, out_ptr=samples, valid_ptr=valid, indices_ptr=indices, thr_ptr=thr,
+        args = dict(x_ptr=x, out_ptr=out["samples"], valid_ptr=out["valid"], indices_ptr=indices, thr_ptr=out["thr"],
+                    done_ptr=out["done"], slots_ptr=out["slots"], count_ptr=out["count"],
                     seed_ptr=randomness["seed_t"], offset_ptr=randomness["offset_t"], seed=randomness["seed"],
                     offset=randomness["offset"], **{n: t for n, t in params.items() if isinstance(t, torch.Tensor)})
         for replay in replays:
             replay(**{n: t for n, t in args.items() if n in replay.index})
-        return (samples, valid) if return_valid else samples
+        return (out["samples"], out["valid"]) if return_valid else out["samples"]
 
     device = check_rows(name, x)
     check_indices(indices, device)
@@ -96,15 +107,18 @@ def _sample(x: torch.Tensor, *, name: str, is_logits: bool, indices: Optional[to
     has_top_p = top_p is not None and (p.per_row or p.scalar < 1.0)
     check_nan(name, x, check_nan_)
 
-    samples, valid, thr = _outputs(batch, indices, device, top_k_first=top_k_mode == 1)
+    top_k_first = top_k_mode == 1
+    slots = topk_slots(batch, vocab, None if k.per_row else int(k.scalar)) if top_k_first and batch else 0
+    out = _outputs(batch, indices, device, top_k_first, slots)
     replays = sample_launch(
-        x=x, samples=samples, valid=valid, indices=indices, thr=thr, top_k_t=k.tensor, top_p_t=p.tensor, min_p_t=mp.tensor,
+        x=x, samples=out["samples"], valid=out["valid"], indices=indices, thr=out["thr"], done=out["done"],
+        slots=out["slots"], count=out["count"], top_k_t=k.tensor, top_p_t=p.tensor, min_p_t=mp.tensor,
         top_k=int(k.scalar), top_p=float(p.scalar if top_p is not None else 1.0), min_p=float(mp.scalar),
         **philox_args(seed, offset, generator, device, batch), is_logits=is_logits, top_k_mode=top_k_mode,
         has_top_p=has_top_p, has_min_p=min_p is not None)
-    if all(r.tensor is v for r, v in ((k, top_k), (p, top_p), (mp, min_p)) if r.per_row):
-        _REPLAYS.put(key, replays)  # not when a per-input-row parameter was gathered per output
-    return (samples, valid) if return_valid else samples
+    if replays is not None and all(r.tensor is v for r, v in ((k, top_k), (p, top_p), (mp, min_p)) if r.per_row):
+        _REPLAYS.put(key, (replays, top_k_first, slots))  # not when a per-input-row parameter was gathered
+    return (out["samples"], out["valid"]) if return_valid else out["samples"]
 
 
 def sampling_from_probs(probs: torch.Tensor, indices: Optional[torch.Tensor] = None, deterministic: bool = True,

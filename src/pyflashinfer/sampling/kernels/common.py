@@ -37,6 +37,13 @@ def order_key(x):
 
 
 @triton.jit
+def key_value(key):
+    """The fp32 whose order_key is `key` (uint32): order_key's inverse."""
+    flip = tl.where((key >> 31) != 0, 0x80000000, 0xFFFFFFFF).to(tl.uint32)
+    return (key ^ flip).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def bit_lerp(a, b, j):
     """The float j quarters of the way from non-negative a to b >= a in bit space (a when they
     are adjacent)."""
@@ -108,6 +115,15 @@ def source_rows(indices_ptr, rows, row_mask, HAS_INDICES: tl.constexpr):
     else:
         src = rows.to(tl.int64)
     return src
+
+
+@triton.jit
+def rows_left(done_ptr, rows, row_mask, HAS_DONE: tl.constexpr):
+    """The rows still to do: with HAS_DONE, those that an earlier launch (topk_sampling_kernel)
+    did not finish (done_ptr[row] == 0)."""
+    if HAS_DONE:
+        row_mask = row_mask & (tl.load(done_ptr + rows, mask=row_mask, other=1) == 0)
+    return row_mask
 
 
 @triton.jit

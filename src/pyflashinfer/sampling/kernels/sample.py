@@ -36,8 +36,9 @@ holds no token of positive mass.
 import triton
 import triton.language as tl
 
-from .common import (LOG2E, bit_lerp, float_below, lane_draw, load_tile, order_key, row_param, source_rows,
-                     tile_values, uniform4)
+from .common import (LOG2E, bit_lerp, float_below, lane_draw, load_tile, order_key, row_param,
+                     rows_left, source_rows, tile_values, uniform4)
+from .topk import rank_candidates, topk_candidates
 
 @triton.jit
 def _first_pass(x_ptr, row_off, row_mask, vocab, thr_key,
@@ -150,9 +151,9 @@ def _philox_inputs(seed_ptr, offset_ptr, seed, offset, seed_stride, offset_strid
 # the H100: 224 -> 105 us).
 @triton.jit(do_not_specialize=["batch", "top_k", "top_p", "min_p", "seed", "offset", "seed_stride", "offset_stride"])
 def sampling_kernel(
-    x_ptr, out_ptr, valid_ptr, indices_ptr, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr, thr_ptr,
+    x_ptr, out_ptr, valid_ptr, indices_ptr, top_k_ptr, top_p_ptr, min_p_ptr, seed_ptr, offset_ptr, thr_ptr, done_ptr,
     stride_x, batch, vocab, top_k, top_p, min_p, seed, offset, seed_stride, offset_stride,
-    IS_LOGITS: tl.constexpr, HAS_INDICES: tl.constexpr,
+    IS_LOGITS: tl.constexpr, HAS_INDICES: tl.constexpr, HAS_DONE: tl.constexpr,
     TOP_K_MODE: tl.constexpr,  # 0 none, 1 support from thr_ptr (top_k_first), 2 criterion (joint)
     HAS_TOP_P: tl.constexpr, HAS_MIN_P: tl.constexpr,
     TOP_K_PER_ROW: tl.constexpr, TOP_P_PER_ROW: tl.constexpr, MIN_P_PER_ROW: tl.constexpr,
@@ -163,7 +164,9 @@ def sampling_kernel(
     """out[b] = a token drawn from row indices[b] (or b) of probs/logits, restricted to the filter."""
     pid = tl.program_id(0)
     rows = pid * ROWS + tl.arange(0, ROWS)
-    row_mask = rows < batch
+    row_mask = rows_left(done_ptr, rows, rows < batch, HAS_DONE)
+    if tl.max(row_mask.to(tl.int32), axis=0) == 0:
+        return
     row_off = source_rows(indices_ptr, rows, row_mask, HAS_INDICES) * stride_x
     seeds, offsets = _philox_inputs(seed_ptr, offset_ptr, seed, offset, seed_stride, offset_stride, rows,
                                     row_mask, SEED_IN_TENSOR, OFFSET_IN_TENSOR, ROWS)
@@ -236,3 +239,46 @@ def sampling_kernel(
 
     tl.store(out_ptr + rows, tl.maximum(tok, 0).to(out_ptr.dtype.element_ty), mask=row_mask)
     tl.store(valid_ptr + rows, (done & (~failed)).to(valid_ptr.dtype.element_ty), mask=row_mask)
+
+
+@triton.jit(do_not_specialize=["batch", "top_k", "top_p", "seed", "offset", "seed_stride", "offset_stride"])
+def topk_sampling_kernel(
+    x_ptr, out_ptr, valid_ptr, done_ptr, slots_ptr, count_ptr, indices_ptr, top_k_ptr, top_p_ptr, seed_ptr,
+    offset_ptr, stride_x, batch, vocab, top_k, top_p, seed, offset, seed_stride, offset_stride,
+    IS_LOGITS: tl.constexpr, HAS_INDICES: tl.constexpr, HAS_TOP_P: tl.constexpr,
+    TOP_K_PER_ROW: tl.constexpr, TOP_P_PER_ROW: tl.constexpr,
+    SEED_IN_TENSOR: tl.constexpr, OFFSET_IN_TENSOR: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK: tl.constexpr, RADIX_BITS: tl.constexpr, SLOTS: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Top-k first (then top-p on the renormalised top k) for small k, without rejection rounds:
+    the row's top-k candidates (topk_candidates: two passes over the row) hold the whole support,
+    ranked against each other (rank_candidates), so the nucleus is read off their ranks and the
+    draw is an inverse CDF over them in (value descending, token ascending) order. Rows it cannot
+    take (k <= 0, k >= vocab, k > BLOCK, or more than SLOTS candidates) get done[b] = 0 and are
+    left to topk_threshold_kernel + sampling_kernel; the others get done[b] = 1."""
+    pid = tl.program_id(0)
+    rows = pid * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < batch
+    row_off = source_rows(indices_ptr, rows, row_mask, HAS_INDICES) * stride_x
+    k = row_param(top_k_ptr, top_k, rows, row_mask, TOP_K_PER_ROW, tl.int32, ROWS)
+    p = row_param(top_p_ptr, top_p, rows, row_mask, TOP_P_PER_ROW, tl.float32, ROWS)
+    eligible = row_mask & (k > 0) & (k < vocab) & (k <= BLOCK) & (k <= SLOTS)
+    slots, count, ok = topk_candidates(x_ptr, row_off, rows, eligible, vocab, k, slots_ptr, count_ptr, IS_LOGITS,
+                                       ROWS, BLOCK, RADIX_BITS, SLOTS)
+    tokens, keys, w, live, larger, above, before = rank_candidates(slots, count, ok, IS_LOGITS, True, ROWS, SLOTS,
+                                                                   CHUNK)
+    w = tl.where(larger < k[:, None], w, 0.0)  # the top k, ties with the k-th kept
+    if HAS_TOP_P:  # the nucleus: the mass of the larger tokens (all in the top k) is < top_p x top-k mass
+        budget = tl.where(p < 1.0, tl.maximum(p, 1e-30) * tl.sum(w, axis=1), float("inf"))
+        w = tl.where(above < budget[:, None], w, 0.0)
+    mass = tl.sum(w, axis=1)
+    seeds, offsets = _philox_inputs(seed_ptr, offset_ptr, seed, offset, seed_stride, offset_stride, rows,
+                                    row_mask, SEED_IN_TENSOR, OFFSET_IN_TENSOR, ROWS)
+    u, _u1, _u2, _u3 = uniform4(seeds, offsets, rows, 0)
+    # the kept tokens tile [0, mass) in order, token t at [before_t, before_t + w_t)
+    hit = (w > 0.0) & (before <= (u * mass)[:, None])
+    start = tl.max(tl.where(hit, before, -1.0), axis=1)
+    token = tl.max(tl.where(hit & (before == start[:, None]), tokens, -1), axis=1)
+    tl.store(out_ptr + rows, tl.maximum(token, 0).to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(valid_ptr + rows, (mass > 0.0).to(valid_ptr.dtype.element_ty), mask=ok)
+    tl.store(done_ptr + rows, ok.to(tl.int32), mask=row_mask)
