@@ -62,6 +62,40 @@ def test_batch_decode(case, use_tensor_cores, device):
     _check(out, lse, q, ks, vs, q_dtype, **scales, **ref_kw)
 
 
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's matmul meets NaN
+@pytest.mark.parametrize("kv_dtype,q_dtype,d", [(E4M3, F16, 128), (E5M2, BF16, 64)], ids=["e4m3-d128", "e5m2-d64"])
+def test_fp8_v_codes_exact(kv_dtype, q_dtype, d, device):
+    """Every fp8 code (subnormals, extremes, inf and NaN) reaches the output exactly through the
+    tensor-core p.v: each (request, KV head) attends to one key alone (p = 1 there, exactly 0
+    elsewhere), whose V row holds a share of the 256 codes, in tiles read unmasked and masked."""
+    kv_lens, h_qo, h_kv, page = [300, 200], 4, 2, 16
+    pick = [[5, 290], [199, 130]]  # the key each (request, KV head) attends to
+    pages_per = [(n + page - 1) // page for n in kv_lens]
+    k = torch.zeros(sum(pages_per) * page, h_kv, d)
+    v = torch.zeros_like(k)
+    codes = torch.arange(256, dtype=torch.uint8).view(kv_dtype).float().view(-1, d)
+    first = [0, pages_per[0] * page]  # the requests' first token in the cache (pages in order)
+    for b in range(len(kv_lens)):
+        for h in range(h_kv):
+            t = first[b] + pick[b][h]
+            k[t, h, 0] = 16.0
+            v[t, h] = codes[(b * h_kv + h) % codes.shape[0]]
+    cache = torch.stack([k, v], 1).view(-1, page, 2, h_kv, d).transpose(1, 2).to(kv_dtype).to(device)
+    indptr = torch.tensor([0, pages_per[0], sum(pages_per)], dtype=torch.int32, device=device)
+    indices = torch.arange(sum(pages_per), dtype=torch.int32, device=device)
+    last = torch.tensor([(n - 1) % page + 1 for n in kv_lens], dtype=torch.int32, device=device)
+    q = torch.zeros(len(kv_lens), h_qo, d, device=device, dtype=q_dtype)
+    q[:, :, 0] = 16.0  # logit 256 at the picked key, 0 elsewhere
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device), use_tensor_cores=True)
+    w.plan(indptr, indices, last, h_qo, h_kv, d, page, q_data_type=q_dtype, kv_data_type=kv_dtype, sm_scale=1.0)
+    out = w.run(q, cache, v_scale=0.5)
+    group = h_qo // h_kv
+    want = torch.stack([torch.stack([codes[(b * h_kv + hq // group) % codes.shape[0]] for hq in range(h_qo)])
+                        for b in range(len(kv_lens))]) * 0.5
+    torch.testing.assert_close(out.float().cpu(), want, rtol=0, atol=0, equal_nan=True)
+
+
 def test_out_and_lse_buffers_match(device):
     paged, (indptr, indices, last), ks, vs, _ = random_paged_cache([33, 500, 0, 17], 2, 64, 16, F16, device)
     q = torch.randn(4, 8, 64, device=device).to(F16)

@@ -1,9 +1,14 @@
 """Device helpers shared by the attention kernels (module level: the interpreter resolves
 jit helpers only through module globals)."""
+import os
+
 import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+# Read as Triton itself does, when the kernels are defined: their code under the CPU interpreter
+# may not use inline assembly.
+INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 @triton.jit

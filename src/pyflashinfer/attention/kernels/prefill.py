@@ -14,16 +14,18 @@ Two ways to name the work of a program (axis 0), by BATCHED:
   prefill plans (PARTIALS_BY_TOKEN) put token t's chunks at part_indptr[t] + slot.
 Axis 1 is the KV head. With DOT_F16 (fp8 KV) both products run in fp16, whatever q's dtype:
 exact for the fp8 values, and p in [0, 1] keeps more bits than in bf16; q must stay within
-fp16's range (|q| < 65504). q may be fp8 too: with FP8_QK (sm_90) q.k runs on fp8 tensor
-cores directly (no conversion of the K tile), p.v in fp16. HEAD_SCALES applies per-head
-dequantisation scales (scale_q per qo head, scale_k and scale_v per KV head) to the logits and
-the output.
+fp16's range (|q| < 65504). An fp8 V tile is read as 16-bit pairs of columns, and p.v runs as
+two products, over the even and over the odd columns (fp8_v_pairs says why). q may be fp8 too:
+with FP8_QK (sm_90) q.k runs on fp8 tensor cores directly (no conversion of the K tile), p.v in
+fp16. HEAD_SCALES applies per-head dequantisation scales (scale_q per qo head, scale_k and
+scale_v per KV head) to the logits and the output.
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out, tile_pages,
+    INTERPRETING, finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out,
+    tile_pages,
 )
 
 
@@ -121,7 +123,14 @@ def attention_fwd_kernel(
         v_src = v_base
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DVO], dtype=tl.float32)
+    # fp8 V (not through TMA): p.v runs as two products, over V's even and odd columns (fp8_v_pairs)
+    V_PAIRS: tl.constexpr = (DOT_F16 and not KV_TMA and HEAD_DIM_VO % 2 == 0 and BLOCK_DVO >= 32
+                             and (v_ptr.dtype.element_ty == tl.float8e4nv or v_ptr.dtype.element_ty == tl.float8e5))
+    if V_PAIRS:
+        acc = (tl.zeros([BLOCK_M, BLOCK_DVO // 2], dtype=tl.float32),
+               tl.zeros([BLOCK_M, BLOCK_DVO // 2], dtype=tl.float32))
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_DVO], dtype=tl.float32)
 
     # TWO_PHASE: first the whole tiles every row of the tile sees (no mask, no bounds: most of
     # a causal prefill), then the rest with every mask applied (the diagonal, the tail, windows,
@@ -146,8 +155,10 @@ def attention_fwd_kernel(
                     mask_dqk, mask_dvo, q_pos, tok, mask_m, slopes, kv_len, stride_kpage, stride_kn, stride_vpage,
                     stride_vn, sm_scale, soft_cap, window_left, rope_rcp_scale, rope_log2_theta,
                     HEAD_DIM_QK, HEAD_DIM_VO, BLOCK_DQK, BLOCK_DVO, phase == 1, IS_CAUSAL, HAS_MASK, HAS_WINDOW,
-                    HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA, DOT_F16)
+                    HAS_SOFTCAP, HAS_ALIBI, USE_ROPE, PAGED, PAGE_SIZE, KV_TMA, DOT_F16, V_PAIRS)
                 pages = next_pages
+    if V_PAIRS:  # columns 2j, 2j + 1 <- even j, odd j
+        acc = tl.join(acc[0], acc[1]).reshape(BLOCK_M, BLOCK_DVO)
 
     if HAS_SINKS:  # a split request's partial states get theirs when merged
         acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, slot < 0)
@@ -180,7 +191,7 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, pages, mask_ptr, start_n, hi, of
                 BLOCK_DVO: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_ALIBI: tl.constexpr,
                 USE_ROPE: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, KV_TMA: tl.constexpr,
-                DOT_F16: tl.constexpr):
+                DOT_F16: tl.constexpr, V_PAIRS: tl.constexpr):
     """One KV tile [start_n, start_n + BLOCK_N) of the online softmax. MASKED=False: every key
     of the tile is in range and seen by every row (no bounds, no masks). k_src/v_src: tensor
     descriptors (KV_TMA) or the KV head's base pointers; pages: the tile's page ids (PAGED)."""
@@ -223,14 +234,72 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, pages, mask_ptr, start_n, hi, of
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-    if KV_TMA:
-        v = v_src.load([start_n, 0])
-    else:
+    if V_PAIRS:
         v_rows = v_src + kv_offsets(offs_n, pages, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+        v_rows = v_rows.to(tl.pointer_type(tl.uint16))  # V's columns by pairs
+        offs_vp = tl.arange(0, BLOCK_DVO // 2)
         if BLOCK_DVO == HEAD_DIM_VO and not MASKED:
-            v = tl.load(v_rows + offs_dvo[None, :])
+            v = tl.load(v_rows + offs_vp[None, :])
         else:
-            v = tl.load(v_rows + offs_dvo[None, :], mask=mask_v, other=0.0)
-    pv_dtype: tl.constexpr = tl.float16 if DOT_F16 else q.dtype
-    acc = tl.dot(p.to(pv_dtype), v.to(pv_dtype), acc * alpha[:, None])
+            mask_vp = (offs_vp < HEAD_DIM_VO // 2)[None, :]
+            if MASKED:
+                mask_vp = mask_n[:, None] & mask_vp
+            v = tl.load(v_rows + offs_vp[None, :], mask=mask_vp, other=0)
+        v_even, v_odd = fp8_v_pairs(v, v_src.dtype.element_ty == tl.float8e4nv)
+        p16 = p.to(tl.float16)
+        acc_even = tl.dot(p16, v_even, acc[0] * alpha[:, None])
+        acc_odd = tl.dot(p16, v_odd, acc[1] * alpha[:, None])
+        acc = (acc_even, acc_odd)
+    else:
+        if KV_TMA:
+            v = v_src.load([start_n, 0])
+        else:
+            v_rows = v_src + kv_offsets(offs_n, pages, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+            if BLOCK_DVO == HEAD_DIM_VO and not MASKED:
+                v = tl.load(v_rows + offs_dvo[None, :])
+            else:
+                v = tl.load(v_rows + offs_dvo[None, :], mask=mask_v, other=0.0)
+        pv_dtype: tl.constexpr = tl.float16 if DOT_F16 else q.dtype
+        acc = tl.dot(p.to(pv_dtype), v.to(pv_dtype), acc * alpha[:, None])
     return acc, m_new, l_i
+
+
+@triton.jit
+def fp8_v_pairs(v, E4M3: tl.constexpr):
+    """uint16 pairs of fp8 values (low byte: an even column of V, high byte: the odd one after it)
+    -> fp16 tiles of the even and of the odd columns, exact (NaN stays NaN).
+
+    V reaches the p.v product as a 16-bit tile, so its dot-operand load from shared memory is
+    ldmatrix.trans: an fp8 tile there (Triton moves the fp8 -> fp16 cast past the layout change
+    to the dot operand) takes one byte load per element, 8-bit data having no transposing
+    ldmatrix. Each step below acts on each element alone, so that layout change moves up to the
+    load. On the GPU one instruction makes two fp16 values: a byte permute (e5m2 is fp16's top
+    byte) or a permute then the fp8x2 -> fp16x2 convert (e4m3), where Triton's integer ops
+    would unpack and repack every 16-bit half."""
+    if INTERPRETING:  # no inline assembly here, and the interpreter's fp8 casts lose subnormals and NaN
+        even = fp8_bits_to_f16(v & 0xFF, E4M3)
+        odd = fp8_bits_to_f16(v >> 8, E4M3)
+    elif E4M3:  # bytes 0, 2 (even) or 1, 3 (odd) of two pairs -> one fp8x2 -> fp16x2
+        even = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; .reg .b16 lo, hi; prmt.b32 t, $1, 0, 0x0020; mov.b32 {lo, hi}, t; "
+            "cvt.rn.f16x2.e4m3x2 $0, lo; }", "=r,r", [v], dtype=tl.float16, is_pure=True, pack=2)
+        odd = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; .reg .b16 lo, hi; prmt.b32 t, $1, 0, 0x0031; mov.b32 {lo, hi}, t; "
+            "cvt.rn.f16x2.e4m3x2 $0, lo; }", "=r,r", [v], dtype=tl.float16, is_pure=True, pack=2)
+    else:  # e5m2 byte b -> fp16 bits b << 8: bytes (0, 2) or (1, 3) into the high byte of each half
+        even = tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, 0x2404;", "=r,r", [v], dtype=tl.float16,
+                                         is_pure=True, pack=2)
+        odd = tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, 0x3414;", "=r,r", [v], dtype=tl.float16,
+                                        is_pure=True, pack=2)
+    return even, odd
+
+
+@triton.jit
+def fp8_bits_to_f16(b, E4M3: tl.constexpr):
+    """fp8 codes (uint16, 0..255) -> fp16 values by integer steps, exact (the interpreter's
+    path of fp8_v_pairs)."""
+    if E4M3:  # s eeee mmm -> s 0eeee mmm0000000 is the value times 2^-8 (bias 7 -> 15)
+        h = (((b & 0x80) << 8) | ((b & 0x7F) << 7)).to(tl.float16, bitcast=True)
+        return tl.where((b & 0x7F) == 0x7F, float("nan"), h.to(tl.float32) * 256.0).to(tl.float16)
+    else:  # s eeeee mm: fp16's top byte
+        return (b << 8).to(tl.float16, bitcast=True)
