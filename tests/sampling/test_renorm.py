@@ -74,6 +74,27 @@ def test_top_k_ties_are_kept(device):
     assert torch.equal(torch.isfinite(masked), torch.tensor([[True, True, True, False]]))
 
 
+@pytest.mark.parametrize("k", [5, "tensor"])
+def test_top_k_rows_of_both_paths(k, device):
+    """A row's top k come from its candidates (two passes) unless ties give it more candidates than
+    its slots; those rows go to the radix select in a launch of its own, in the same call. Peaky
+    rows (N(0, 5^2) logits, where the radix select once went wrong inlined after the candidates'
+    path on the H100) beside rows tied everywhere and 3,000 tokens tied at the top."""
+    logits = llm_logits(6, 32000, scale=5.0)
+    logits[1] = 0.25
+    logits[4, 1000:4000] = 40.0
+    kt = torch.tensor([5, 5, 50, 300, 5, 32000])  # the last: the whole row
+    kk = kt if k == "tensor" else k
+    kd = kt.to(device) if k == "tensor" else k
+    probs = probs_of(logits)
+    renorm = S.top_k_renorm_probs(probs.to(device), kd)
+    expect = ref.top_k_renorm_probs(probs.double(), kk)
+    assert torch.equal(renorm.cpu() > 0, expect > 0), "top_k_renorm_probs: kept set differs"
+    _close(renorm, expect, F32, "top_k_renorm_probs")
+    masked = S.top_k_mask_logits(logits.to(device), kd).cpu()
+    assert torch.equal(torch.isfinite(masked), ref.top_k_mask(logits, kk)), "top_k_mask_logits: kept set differs"
+
+
 @pytest.mark.parametrize("vocab,dtype,rows", [(111, F32, 16), (111, F16, 16), (32000, BF16, 2), (128256, F32, 2)],
                          ids=["111-f32", "111-f16", "32000-bf16", "128256-f32"])
 @pytest.mark.parametrize("top_p", [0.3, 0.9, 1.0, "tensor"])

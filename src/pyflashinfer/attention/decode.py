@@ -43,10 +43,13 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
 # 2,497 / 2,682; 64 x 4 x 4: 2,491 / 2,507 / 1,890). fp8 needs 208 registers per thread, two
 # programs per SM; capped at 168 (16 B spilled), three: 2,796 / 2,962 / 3,015 against 2,797 /
 # 2,634 / 2,980 uncapped in the same sweep (maxnreg 128 with 8 warps: 2,187 / 2,167 / 2,249).
-# The fp8 figures predate reading V by 16-bit pairs (kernels/prefill.py fp8_v_pairs: a third
-# fewer instructions per KV tile, 200 registers uncapped); not swept again since.
+# With V read by 16-bit pairs (kernels/prefill.py fp8_v_pairs: a third fewer instructions per KV
+# tile, 200 registers uncapped), the fp8 sweep again on the H100 (2026-12-02, per replay, the
+# three gqa4 workloads): 128 x 4 x 3 two-phase uncapped 2,702 / 2,697 / 2,817 GB/s, capped at
+# 168 2,363 / 2,659 / 2,793, 128 x 8 x 3 two-phase 2,689 / 2,684 / 2,781, 128 x 4 x 4 capped
+# 2,639 / 2,636 / 2,783: the cap no longer pays.
 TC_DECODE_TILES = {2: dict(block_n=64, num_warps=8, num_stages=4, two_phase=False),
-                   1: dict(block_n=128, num_warps=4, num_stages=3, two_phase=True, maxnreg=168)}
+                   1: dict(block_n=128, num_warps=4, num_stages=3, two_phase=True)}
 
 
 def tc_decode_tile(kv_itemsize: int, head_dim: int) -> dict:

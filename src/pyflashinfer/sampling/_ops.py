@@ -14,7 +14,7 @@ from .kernels.renorm import top_p_renorm_kernel
 from .kernels.sample import sampling_kernel, topk_sampling_kernel
 from .kernels.softmax import softmax_kernel
 from .kernels.speculative import chain_speculative_kernel
-from .kernels.topk import topk_filter_kernel, topk_threshold_kernel
+from .kernels.topk import topk_filter_kernel, topk_filter_small_kernel, topk_threshold_kernel
 
 
 def _launch_rows(kernel, num_rows: int, width: int, /, *, radix: bool = False, lanes: bool = False,
@@ -78,14 +78,18 @@ def _softmax_impl(x: torch.Tensor, out: torch.Tensor, temp_t: Optional[torch.Ten
 
 def _topk_filter_impl(x: torch.Tensor, out: torch.Tensor, top_k_t: Optional[torch.Tensor], top_k: int,
                       renorm: bool) -> None:
+    """The small-k path (for a scalar top_k only where it can take it), then the radix select
+    for the rows it left."""
     batch, vocab = x.shape
-    # a scalar top_k the small-k path cannot take gets the fewest slots (its rows use the radix select)
-    slots = topk_slots(batch, vocab, None if top_k_t is not None else top_k) or 16
-    _launch_rows(topk_filter_kernel, batch, vocab, radix=True, x_ptr=x, out_ptr=out, top_k_ptr=top_k_t,
-                 slots_ptr=torch.empty(batch, slots, dtype=torch.uint64, device=x.device),
-                 count_ptr=torch.empty(batch, dtype=torch.int32, device=x.device),
-                 stride_x=x.stride(0), stride_out=out.stride(0), batch=batch, vocab=vocab, top_k=top_k,
-                 TOP_K_PER_ROW=top_k_t is not None, RENORM=renorm, SLOTS=slots, CHUNK=TOPK_CHUNK)
+    args = dict(x_ptr=x, out_ptr=out, top_k_ptr=top_k_t, stride_x=x.stride(0), stride_out=out.stride(0), batch=batch,
+                vocab=vocab, top_k=top_k, TOP_K_PER_ROW=top_k_t is not None, RENORM=renorm)
+    slots = topk_slots(batch, vocab, None if top_k_t is not None else top_k) if batch else 0
+    done = torch.empty(batch, dtype=torch.int32, device=x.device) if slots else None
+    if slots:
+        _launch_rows(topk_filter_small_kernel, batch, vocab, radix=True, **args, done_ptr=done,
+                     slots_ptr=torch.empty(batch, slots, dtype=torch.uint64, device=x.device),
+                     count_ptr=torch.empty(batch, dtype=torch.int32, device=x.device), SLOTS=slots, CHUNK=TOPK_CHUNK)
+    _launch_rows(topk_filter_kernel, batch, vocab, radix=True, **args, done_ptr=done, HAS_DONE=done is not None)
 
 
 def _top_p_renorm_impl(x: torch.Tensor, out: torch.Tensor, top_p_t: Optional[torch.Tensor], top_p: float) -> None:
