@@ -147,6 +147,10 @@ def kv_split(num_programs: int, kv_len: int, block_n: int, device: torch.device)
     return triton.cdiv(kv_len, chunk), chunk
 
 
+# Splits the merge kernel reads at once (kernels/merge.py): gqa4 bs1 kv4096's plan makes 16.
+MERGE_BLOCK_S = 16
+
+
 def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Tensor,
                       lse: Optional[torch.Tensor], indptr: Optional[torch.Tensor] = None,
                       sinks: Optional[torch.Tensor] = None):
@@ -171,7 +175,7 @@ def merge_states_into(v_part: torch.Tensor, s_part: torch.Tensor, out: torch.Ten
         stride_ln=lse.stride(0) if lse is not None else 0, stride_lh=lse.stride(1) if lse is not None else 0,
         num_splits=v_part.shape[0] if indptr is None else 0, num_heads=h, HEAD_DIM=d, BLOCK_D=_pow2(d),
         sink_heads=1 if sinks is None else sinks.shape[0],
-        WRITE_LSE=lse is not None, INDPTR=indptr is not None, HAS_SINKS=sinks is not None,
+        WRITE_LSE=lse is not None, INDPTR=indptr is not None, HAS_SINKS=sinks is not None, BLOCK_S=MERGE_BLOCK_S,
     )
 
 
