@@ -234,8 +234,9 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, pages, mask_ptr, start_n, hi, of
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-    if V_PAIRS:
+    if not KV_TMA:
         v_rows = v_src + kv_offsets(offs_n, pages, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
+    if V_PAIRS:
         v_rows = v_rows.to(tl.pointer_type(tl.uint16))  # V's columns by pairs
         offs_vp = tl.arange(0, BLOCK_DVO // 2)
         if BLOCK_DVO == HEAD_DIM_VO and not MASKED:
@@ -253,12 +254,10 @@ def attend_tile(acc, m_i, l_i, q, k_src, v_src, pages, mask_ptr, start_n, hi, of
     else:
         if KV_TMA:
             v = v_src.load([start_n, 0])
+        elif BLOCK_DVO == HEAD_DIM_VO and not MASKED:
+            v = tl.load(v_rows + offs_dvo[None, :])
         else:
-            v_rows = v_src + kv_offsets(offs_n, pages, stride_vpage, stride_vn, PAGED, PAGE_SIZE)[:, None]
-            if BLOCK_DVO == HEAD_DIM_VO and not MASKED:
-                v = tl.load(v_rows + offs_dvo[None, :])
-            else:
-                v = tl.load(v_rows + offs_dvo[None, :], mask=mask_v, other=0.0)
+            v = tl.load(v_rows + offs_dvo[None, :], mask=mask_v, other=0.0)
         pv_dtype: tl.constexpr = tl.float16 if DOT_F16 else q.dtype
         acc = tl.dot(p.to(pv_dtype), v.to(pv_dtype), acc * alpha[:, None])
     return acc, m_new, l_i

@@ -262,8 +262,7 @@ def topk_sampling_kernel(
     row_off = source_rows(indices_ptr, rows, row_mask, HAS_INDICES) * stride_x
     k = row_param(top_k_ptr, top_k, rows, row_mask, TOP_K_PER_ROW, tl.int32, ROWS)
     p = row_param(top_p_ptr, top_p, rows, row_mask, TOP_P_PER_ROW, tl.float32, ROWS)
-    eligible = row_mask & (k > 0) & (k < vocab) & (k <= BLOCK) & (k <= SLOTS)
-    slots, count, ok = topk_candidates(x_ptr, row_off, rows, eligible, vocab, k, slots_ptr, count_ptr, IS_LOGITS,
+    slots, count, ok = topk_candidates(x_ptr, row_off, rows, row_mask, vocab, k, slots_ptr, count_ptr, IS_LOGITS,
                                        ROWS, BLOCK, RADIX_BITS, SLOTS)
     tokens, keys, w, live, larger, above, before = rank_candidates(slots, count, ok, IS_LOGITS, True, ROWS, SLOTS,
                                                                    CHUNK)

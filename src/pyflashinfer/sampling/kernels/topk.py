@@ -89,9 +89,10 @@ def _kth_key_bound(keys, k, ROWS: tl.constexpr, BLOCK: tl.constexpr, RADIX_BITS:
 
 
 @triton.jit
-def topk_candidates(x_ptr, row_off, rows, eligible, vocab, k, slots_ptr, count_ptr, IS_LOGITS: tl.constexpr,
+def topk_candidates(x_ptr, row_off, rows, row_mask, vocab, k, slots_ptr, count_ptr, IS_LOGITS: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK: tl.constexpr, RADIX_BITS: tl.constexpr, SLOTS: tl.constexpr):
-    """Gather a superset of the top k of each eligible row (k in 1..BLOCK) in two passes.
+    """Gather a superset of the top k of each row in two passes; eligible rows have k in
+    1..min(BLOCK, SLOTS) and below vocab (the others: k <= 0 or k >= vocab filter nothing).
 
     Pass 1 keeps each lane's largest key (lane j: the tokens j, j + BLOCK, ...); t, the k-th
     largest of those BLOCK maxima, is a lower bound of the row's k-th largest (k lanes hold a
@@ -101,6 +102,7 @@ def topk_candidates(x_ptr, row_off, rows, eligible, vocab, k, slots_ptr, count_p
     token from an atomic counter (count_ptr[row]); the slots' order does not matter to
     rank_candidates. Returns the row's slots, its candidate count, and `ok`: eligible and
     all candidates fitted (the other rows need topk_threshold)."""
+    eligible = row_mask & (k > 0) & (k < vocab) & (k <= BLOCK) & (k <= SLOTS)
     offs = tl.arange(0, BLOCK)[None, :]
     lane_key = tl.zeros([ROWS, BLOCK], dtype=tl.uint32)
     for start in range(0, vocab, BLOCK):
@@ -199,8 +201,7 @@ def topk_filter_small_kernel(
     row_mask = rows < batch
     row_off = rows.to(tl.int64) * stride_x
     k = row_param(top_k_ptr, top_k, rows, row_mask, TOP_K_PER_ROW, tl.int32, ROWS)
-    eligible = row_mask & (k > 0) & (k < vocab) & (k <= BLOCK) & (k <= SLOTS)
-    slots, count, ok = topk_candidates(x_ptr, row_off, rows, eligible, vocab, k, slots_ptr, count_ptr, not RENORM,
+    slots, count, ok = topk_candidates(x_ptr, row_off, rows, row_mask, vocab, k, slots_ptr, count_ptr, not RENORM,
                                        ROWS, BLOCK, RADIX_BITS, SLOTS)
     _tokens, keys, w, live, larger, _above, _before = rank_candidates(slots, count, ok, not RENORM, False, ROWS,
                                                                       SLOTS, CHUNK)
