@@ -60,6 +60,7 @@ def test_batch_decode(case, use_tensor_cores, device):
     out, lse = w.run(q, paged, return_lse=True, **scales)
     ref_kw = {k: v for k, v in plan_kw.items() if k in ("pos_encoding_mode", "window_left", "logits_soft_cap", "sm_scale")}
     _check(out, lse, q, ks, vs, q_dtype, **scales, **ref_kw)
+    assert not w.plan_value.counters.any(), "the fused merge must leave its arrival counters at zero"
 
 
 
@@ -108,6 +109,29 @@ def test_out_and_lse_buffers_match(device):
     assert torch.equal(out, out_ref) and torch.equal(lse, lse_ref)
     o2, l2 = w.run_return_lse(q, paged)
     assert torch.equal(o2, out_ref)
+
+
+def test_workspace_shared_with_a_prefill_wrapper(device):
+    """One float workspace for a decode and a prefill wrapper (as serving engines share it): the
+    prefill's partial states overwrite the decode's between runs, and the decode's fused merge
+    keeps its arrival counters outside the workspace, so interleaved runs stay right."""
+    ws = _workspace(device)
+    kv_lens = [900, 40, 1300]
+    paged, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, 2, 64, 16, BF16, device)
+    q = torch.randn(3, 8, 64, device=device).to(BF16)
+    dec = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, use_tensor_cores=True)
+    dec.plan(indptr, indices, last, 8, 2, 64, 16, q_data_type=BF16, fixed_split_size=4)
+    pre = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+    qo_indptr = torch.tensor([0, 5, 6, 16], dtype=torch.int32, device=device)
+    pre.plan(qo_indptr, indptr, indices, last, 8, 2, 64, 16, causal=True, q_data_type=BF16, fixed_split_size=4)
+    qp = torch.randn(16, 8, 64, device=device).to(BF16)
+    assert dec.plan_value.num_partials > 0 and pre.plan_value.num_partials > 0
+    first = dec.run(q, paged)
+    for _ in range(2):
+        pre.run(qp, paged)
+        out, lse = dec.run(q, paged, return_lse=True)
+        assert torch.equal(out, first)
+    _check(out, lse, q, ks, vs, BF16)
 
 
 def test_batch_invariance_with_fixed_split(device):

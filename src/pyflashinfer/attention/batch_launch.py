@@ -1,4 +1,5 @@
-"""Launch of a batch plan: one attention launch over the work list, one merge launch.
+"""Launch of a batch plan: one attention launch over the work list (decode merges its split
+requests in that launch), then for prefill one merge launch.
 
 Registered as the `torch.library` custom op ``pyflashinfer::paged_decode`` (with a fake
 implementation) so that `torch.compile` can trace a wrapper's `run`; eager calls skip the
@@ -31,10 +32,10 @@ HOPPER_CONSUMER_REGS = 232
 
 def _paged_decode_launch(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, plan_buf: torch.Tensor,
-    part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
-    alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool, use_tensor_cores: bool,
-    block_n: int, num_warps: int, num_stages: int, maxnreg: int, merge: bool, sm_scale: float, soft_cap: float,
-    window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
+    part_o: torch.Tensor, part_lse: torch.Tensor, counters: torch.Tensor, out: torch.Tensor,
+    lse: Optional[torch.Tensor], alibi: Optional[torch.Tensor], batch: int, max_work: int, hnd: bool,
+    use_tensor_cores: bool, block_n: int, num_warps: int, num_stages: int, maxnreg: int, sm_scale: float,
+    soft_cap: float, window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
     use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor], two_phase: bool,
 ) -> list:
     num_qo_heads, d_qk = q.shape[1], q.shape[2]
@@ -46,7 +47,7 @@ def _paged_decode_launch(
         q_ptr=q, k_ptr=k, v_ptr=v, o_ptr=out, lse_ptr=lse, alibi_ptr=alibi, sinks_ptr=sinks, HAS_SINKS=sinks is not None,
         work_ptr=plan_buf,
         seq_lens_ptr=sec[0], kv_indptr_ptr=sec[2], kv_indices_ptr=kv_indices,
-        part_o_ptr=part_o, part_lse_ptr=part_lse,
+        part_o_ptr=part_o, part_lse_ptr=part_lse, merge_indptr_ptr=sec[1], counter_ptr=counters,
         stride_qn=q.stride(0), stride_qh=q.stride(1), stride_kpage=k.stride(0), stride_kn=k.stride(tok),
         stride_kh=k.stride(head), stride_vpage=v.stride(0), stride_vn=v.stride(tok), stride_vh=v.stride(head),
         stride_os=0, stride_on=out.stride(0), stride_oh=out.stride(1), stride_ls=0,
@@ -71,37 +72,11 @@ def _paged_decode_launch(
     else:
         attn = launch(decode_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages,
                BLOCK_G=triton.next_power_of_2(group), **common)
-    replays = [(attn, ("q_ptr", "o_ptr", "lse_ptr", "sinks_ptr"))]
-    if merge:
-        replays.append((_merge_requests(part_o, part_lse, out, lse, sec[1], batch, q_len_per_req, sinks),
-                        ("o_ptr", "lse_ptr", "sinks_ptr")))
-    return replays
-
-
-def _merge_requests(part_o: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: Optional[torch.Tensor],
-                    merge_indptr: torch.Tensor, batch: int, n: int, sinks: Optional[torch.Tensor]):
-    """Merge the split requests' partial states into out/lse (merge_indptr counts KV chunks).
-
-    A chunk writes its n tokens' states to n consecutive partial rows, so a merge row is a
-    request with its n tokens' heads side by side: row k of part_o viewed [P / n, n * H, D] is
-    chunk k. out/lse whose token rows are not packed (stride(0) != H * stride(1)) take one
-    merge per token instead, over every n-th row (no Replay then). Sinks are per qo head
-    (merge head h uses sink h mod H)."""
-    if n == 1:
-        return merge_states_into(part_o, part_lse, out, lse, indptr=merge_indptr, sinks=sinks)
-    rows, h, d = part_o.shape[0] // n * n, out.shape[1], out.shape[2]
-    if out.stride(0) == h * out.stride(1) and (lse is None or lse.stride(0) == h * lse.stride(1)):
-        return merge_states_into(part_o[:rows].view(rows // n, n * h, d), part_lse[:rows].view(rows // n, n * h),
-                                 out.view(batch, n * h, d), None if lse is None else lse.view(batch, n * h),
-                                 indptr=merge_indptr, sinks=sinks)
-    for i in range(n):
-        merge_states_into(part_o[i:rows:n], part_lse[i:rows:n], out[i::n], None if lse is None else lse[i::n],
-                          indptr=merge_indptr, sinks=sinks)
-    return None
+    return [(attn, ("q_ptr", "o_ptr", "lse_ptr", "sinks_ptr"))]
 
 
 # Launch; returns [(Replay or None, pointer names it takes q/out/lse/sinks as)] in eager mode.
-paged_decode = launcher_op("paged_decode", _paged_decode_launch, ("part_o", "part_lse", "out", "lse"))
+paged_decode = launcher_op("paged_decode", _paged_decode_launch, ("part_o", "part_lse", "counters", "out", "lse"))
 
 
 def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: Optional[torch.Tensor],
@@ -143,7 +118,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         attn = launch(
             attention_fwd_kernel, grid, num_warps=plan.num_warps, num_stages=plan.num_stages,
             mask_ptr=plan.packed_mask, mask_indptr_ptr=plan.mask_indptr, alibi_ptr=alibi, sinks_ptr=sinks,
-            stride_os=0, stride_ls=0, qo_len=0, kv_len=0, kv_chunk=0,
+            merge_indptr_ptr=None, counter_ptr=None, stride_os=0, stride_ls=0, qo_len=0, kv_len=0, kv_chunk=0,
             HEAD_DIM_QK=plan.head_dim_qk, HEAD_DIM_VO=plan.head_dim_vo, BLOCK_DQK=_pow2(plan.head_dim_qk),
             BLOCK_DVO=_pow2(plan.head_dim_vo), BLOCK_N=plan.block_n, HAS_MASK=plan.packed_mask is not None,
             BATCHED=True, PAGED=plan.page_size > 0, PAGE_SIZE=max(plan.page_size, 1),

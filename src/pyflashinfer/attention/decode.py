@@ -128,6 +128,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._plan: Optional[DecodePlan] = None
         self._statics: Optional[_Statics] = None
         self._buffer: Optional[torch.Tensor] = None
+        self._counters: Optional[torch.Tensor] = None
         if use_cuda_graph:
             for name, buf in (("paged_kv_indptr_buffer", paged_kv_indptr_buffer),
                               ("paged_kv_indices_buffer", paged_kv_indices_buffer),
@@ -289,6 +290,15 @@ class BatchDecodeWithPagedKVCacheWrapper:
         ws = self._workspace.view(torch.uint8)[:need].view(torch.float32)
         part_o = ws[: rows * num_qo_heads * head_dim].view(rows, num_qo_heads, head_dim)
         part_lse = ws[rows * num_qo_heads * head_dim:].view(rows, num_qo_heads)
+        # The fused merge's arrival counters: the wrapper's own (a workspace shared with other
+        # wrappers, as FlashInfer's users often share it, would overwrite them), zeroed once and
+        # left at zero by every launch; fixed in CUDA-graph mode, where the graph holds their address.
+        counters = batch * st.row_tiles * num_kv_heads
+        if self._counters is None or self._counters.numel() < counters:
+            if self._use_cuda_graph and self._counters is not None:
+                raise ValueError("a CUDA-graph plan must keep num_kv_heads, num_qo_heads and q_len_per_req "
+                                 "fixed across plans (its grid is captured)")
+            self._counters = torch.zeros(max(counters, 1), dtype=torch.int32, device=self._device)
 
         n_idx = int(indptr_h[-1])
         if self._use_cuda_graph and self._indices_buf.shape[0] < n_idx:
@@ -312,7 +322,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
         self._max_page_id = int(indices[:n_idx].max()) if check_indices and n_idx else None
         self._plan = DecodePlan(
             **f, batch_size=batch, kv_chunk=chunk, num_work=num_work, max_work=max_work, num_partials=num_partials,
-            max_seq_len=int(seq.max()) if batch else 0, buffer=self._buffer, part_o=part_o, part_lse=part_lse)
+            max_seq_len=int(seq.max()) if batch else 0, buffer=self._buffer, part_o=part_o, part_lse=part_lse,
+            counters=self._counters)
         self._statics = st
 
     def run(self, q: torch.Tensor, paged_kv_cache: PagedKVCache, *args, q_scale: Optional[float] = None,
@@ -384,11 +395,11 @@ class BatchDecodeWithPagedKVCacheWrapper:
         num_warps, num_stages, maxnreg = self._statics.launch_cfg
         replays = paged_decode(
             q=q, k=cache.k, v=cache.v, kv_indices=self._kv_indices, plan_buf=plan.buffer, part_o=plan.part_o,
-            part_lse=plan.part_lse, out=out, lse=lse, alibi=self._statics.alibi, batch=plan.batch_size,
-            max_work=plan.max_work, hnd=self._layout == "HND", use_tensor_cores=plan.use_tensor_cores,
+            part_lse=plan.part_lse, counters=plan.counters, out=out, lse=lse, alibi=self._statics.alibi,
+            batch=plan.batch_size, max_work=plan.max_work, hnd=self._layout == "HND",
+            use_tensor_cores=plan.use_tensor_cores,
             block_n=plan.block_n, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
-            merge=self._use_cuda_graph or plan.num_partials > 0, sm_scale=sm_scale,
-            soft_cap=var.soft_cap, window_left=var.window_left, rope_rcp_scale=1.0 / var.rope_scale,
+            sm_scale=sm_scale, soft_cap=var.soft_cap, window_left=var.window_left, rope_rcp_scale=1.0 / var.rope_scale,
             rope_log2_theta=math.log2(var.rope_theta), v_scale=1.0 if v_scale is None else float(v_scale),
             use_rope=var.use_rope, use_alibi=var.use_alibi, q_len_per_req=plan.q_len_per_req, block_m=plan.block_m,
             sinks=sinks, two_phase=self._statics.two_phase)

@@ -196,9 +196,9 @@ def _split(kv_len, num_splits, num_programs, block_n, device):
 
 
 # Arguments of the batch-plan mode that a single-request launch leaves unused.
-_NO_BATCH = dict(sinks_ptr=None, HAS_SINKS=False, work_ptr=None, seq_lens_ptr=None, kv_indptr_ptr=None, kv_indices_ptr=None,
-                 part_o_ptr=None, part_lse_ptr=None, stride_w=0, stride_pn=0, stride_ph=0,
-                 stride_pln=0, stride_plh=0, stride_kpage=0, stride_vpage=0,
+_NO_BATCH = dict(sinks_ptr=None, HAS_SINKS=False, work_ptr=None, seq_lens_ptr=None, kv_indptr_ptr=None,
+                 kv_indices_ptr=None, part_o_ptr=None, part_lse_ptr=None, merge_indptr_ptr=None, counter_ptr=None,
+                 stride_w=0, stride_pn=0, stride_ph=0, stride_pln=0, stride_plh=0, stride_kpage=0, stride_vpage=0,
                  BATCHED=False, PAGED=False, PAGE_SIZE=1)
 
 

@@ -50,6 +50,7 @@ class DecodePlan:
     buffer: torch.Tensor = field(repr=False)      # int32, on the device
     part_o: torch.Tensor = field(repr=False)      # fp32 [partial rows, H_qo, D], a view of the workspace
     part_lse: torch.Tensor = field(repr=False)    # fp32 [partial rows, H_qo]
+    counters: torch.Tensor = field(repr=False)    # int32 [B x row tiles x H_kv], zero between launches
 
     @property
     def work(self) -> torch.Tensor:

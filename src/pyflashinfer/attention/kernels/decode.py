@@ -4,20 +4,22 @@ One program owns one KV head and one KV range; the query heads of its GQA group 
 the first axis of a [BLOCK_G, BLOCK_N, D] product reduced on CUDA cores, so each K/V tile is
 read once for the whole group and any group size works. The query sits at position kv_len - 1.
 Grid: (row, kv heads, splits) with the same two ways of naming work as prefill.py: a single
-request split into kv_chunk ranges (axis 2), or a batch plan's work list (axis 0).
+request split into kv_chunk ranges (axis 2), or a batch plan's work list (axis 0), whose split
+requests are merged by their last chunk to finish (common.merge_split_request).
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out, tile_pages,
+    finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, merge_split_request, softmax_step,
+    store_out, tile_pages,
 )
 
 
 @triton.jit(do_not_specialize=["kv_len", "group_size", "kv_chunk", "window_left"])
 def decode_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, alibi_ptr, sinks_ptr,
-    work_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr,
+    work_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, merge_indptr_ptr, counter_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
@@ -109,11 +111,18 @@ def decode_fwd_kernel(
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_g[:, None] & mask_dvo[None, :]
     rows = row + tl.zeros([BLOCK_G], dtype=tl.int64)
+    MERGE_ROWS: tl.constexpr = 8192 // (16 * BLOCK_DVO)  # fused merge tile: rows x 16 splits x BLOCK_DVO fp32
     if BATCHED:
         if slot >= 0:  # a partial state of a split request
             p_rows = slot.to(tl.int64) + tl.zeros([BLOCK_G], dtype=tl.int64)
             store_out(part_o_ptr, part_lse_ptr, out, lse, p_rows, head, offs_dvo, mask_o, mask_g, 0, stride_pn,
                       stride_ph, 0, stride_pln, stride_plh, True)
+            # the request's last chunk to finish merges them all
+            merge_split_request(
+                part_o_ptr, part_lse_ptr, o_ptr, lse_ptr, sinks_ptr, counter_ptr, merge_indptr_ptr, req,
+                req * tl.num_programs(1) + pid_h, 0, group_size, group_size, 1, row, pid_h, stride_pn, stride_ph,
+                stride_pln, stride_plh, stride_on, stride_oh, stride_ln, stride_lh, offs_dvo, mask_dvo, HAS_SINKS,
+                WRITE_LSE, MERGE_ROWS, 16)
         else:
             store_out(o_ptr, lse_ptr, out, lse, rows, head, offs_dvo, mask_o, mask_g, 0, stride_on, stride_oh,
                       0, stride_ln, stride_lh, WRITE_LSE)

@@ -9,6 +9,8 @@ requests); a row with no partials was written directly by the attention kernel a
 import triton
 import triton.language as tl
 
+from .common import LOG2E, finalize, merge_partials, store_out
+
 
 @triton.jit(do_not_specialize=["num_splits", "num_heads", "sink_heads"])
 def merge_states_kernel(
@@ -25,46 +27,30 @@ def merge_states_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
 
+    one = tl.zeros([1], dtype=tl.int32)
     if INDPTR:
         start = tl.load(indptr_ptr + n)
         num_splits = tl.load(indptr_ptr + n + 1) - start
         if num_splits == 0:
             return
-        s_row = s_ptr + start.to(tl.int64) * stride_ss + h * stride_sh + tl.zeros([1], dtype=tl.int32)
-        v_row = v_ptr + start.to(tl.int64) * stride_vs + h * stride_vh + offs_d
+        s_row = s_ptr + start.to(tl.int64) * stride_ss + h * stride_sh + one
+        v_row = v_ptr + start.to(tl.int64) * stride_vs + h * stride_vh + one
     else:
-        s_row = s_ptr + n * stride_sn + h * stride_sh + tl.zeros([1], dtype=tl.int32)
-        v_row = v_ptr + n * stride_vn + h * stride_vh + offs_d
+        s_row = s_ptr + n * stride_sn + h * stride_sh + one
+        v_row = v_ptr + n * stride_vn + h * stride_vh + one
 
     if HAS_SINKS:  # the head's sink logit (natural log) joins the denominator once, here
-        sink = tl.load(sinks_ptr + h % sink_heads + tl.zeros([1], dtype=tl.int32)).to(tl.float32) * 1.4426950408889634
+        sink = tl.load(sinks_ptr + h % sink_heads + one).to(tl.float32) * LOG2E
     else:
         sink = tl.full([1], float("-inf"), dtype=tl.float32)
     # online over BLOCK_S splits at a time, so a chunk's loads are in flight together (split after
     # split, two passes: gqa4 bs1 kv4096's merge of 16 splits took 3.31 us on the H100; this way
     # 3.07, profiler, 2026-12-02: what is left is the chain indptr -> partials -> store)
-    m = sink
-    l = tl.where(sink == float("-inf"), 0.0, 1.0)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    offs_s = tl.arange(0, BLOCK_S)
-    for s0 in range(0, num_splits, BLOCK_S):
-        mask_s = (s0 + offs_s) < num_splits
-        lse_c = tl.load(s_row + (s0 + offs_s) * stride_ss, mask=mask_s, other=float("-inf"))
-        v_c = tl.load(v_row[None, :] + (s0 + offs_s).to(tl.int64)[:, None] * stride_vs,
-                      mask=mask_s[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(lse_c, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - m_safe)
-        w = tl.exp2(lse_c - m_safe)
-        l = l * alpha + tl.sum(w, axis=0)
-        acc = acc * alpha + tl.sum(w[:, None] * v_c, axis=0)
-        m = m_new
-    empty = l == 0.0
-    l_safe = tl.where(empty, 1.0, l)
-    tl.store(o_ptr + n * stride_on + h * stride_oh + offs_d, (acc / l_safe).to(o_ptr.dtype.element_ty), mask=mask_d)
-    if WRITE_LSE:
-        lse = tl.where(empty, float("-inf"), m + tl.log2(l_safe))
-        tl.store(lse_ptr + n * stride_ln + h * stride_lh + tl.zeros([1], dtype=tl.int32), lse)
+    acc, m, l = merge_partials(v_row, s_row, num_splits, stride_vs, stride_ss, sink, offs_d, mask_d, one == 0,
+                               BLOCK_S)
+    out, lse = finalize(acc, m, l, 1.0)
+    store_out(o_ptr, lse_ptr, out, lse, n + one.to(tl.int64), h + one, offs_d, mask_d[None, :], one == 0, 0,
+              stride_on, stride_oh, 0, stride_ln, stride_lh, WRITE_LSE)
 
 
 @triton.jit(do_not_specialize=["num_heads"])

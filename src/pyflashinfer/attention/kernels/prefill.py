@@ -11,7 +11,9 @@ Two ways to name the work of a program (axis 0), by BATCHED:
   on the host (plan.py); requests come from qo_indptr/seq_lens, KV through a page table
   (PAGED) or contiguous per request (kv_indptr in tokens). A split request's items write
   partial states (HAS_PARTIALS): decode plans put a chunk's tokens side by side from its slot,
-  prefill plans (PARTIALS_BY_TOKEN) put token t's chunks at part_indptr[t] + slot.
+  and the last of a request's chunks to finish merges them in the same launch
+  (common.merge_split_request); prefill plans (PARTIALS_BY_TOKEN) put token t's chunks at
+  part_indptr[t] + slot, merged by a launch of merge.py.
 Axis 1 is the KV head. With DOT_F16 (fp8 KV) both products run in fp16, whatever q's dtype:
 exact for the fp8 values, and p in [0, 1] keeps more bits than in bf16; q must stay within
 fp16's range (|q| < 65504). An fp8 V tile is read as 16-bit pairs of columns, and p.v runs as
@@ -24,8 +26,8 @@ import triton
 import triton.language as tl
 
 from .common import (
-    INTERPRETING, finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, softmax_step, store_out,
-    tile_pages,
+    INTERPRETING, finalize, fold_sink, kv_bases, kv_offsets, load_rope, load_work, logits_log2, merge_split_request,
+    softmax_step, store_out, tile_pages,
 )
 
 
@@ -34,6 +36,7 @@ def attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, mask_indptr_ptr, alibi_ptr, sinks_ptr,
     scale_q_ptr, scale_k_ptr, scale_v_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
+    merge_indptr_ptr, counter_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_os, stride_on, stride_oh, stride_ls, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
@@ -164,6 +167,9 @@ def attention_fwd_kernel(
         acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, slot < 0)
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_m[:, None] & mask_dvo[None, :]
+    # fused merge tile (decode): MERGE_ROWS x MERGE_SPLITS x BLOCK_DVO fp32, 8K elements (gqa4 d128: 4 x 16)
+    MERGE_SPLITS: tl.constexpr = 16
+    MERGE_ROWS: tl.constexpr = 8192 // (MERGE_SPLITS * BLOCK_DVO)  # head dims <= 256: >= 2
     if HAS_PARTIALS:  # batch plans that split KV: slot >= 0 writes a partial state
         if slot >= 0:
             if PARTIALS_BY_TOKEN:  # prefill: token t's chunks sit at part_indptr[t] + chunk (slot)
@@ -172,6 +178,13 @@ def attention_fwd_kernel(
                 p_row = (slot + tok).to(tl.int64)
             store_out(part_o_ptr, part_lse_ptr, out, lse, p_row, head, offs_dvo, mask_o, mask_m, 0, stride_pn,
                       stride_ph, 0, stride_pln, stride_plh, True)
+            if not PARTIALS_BY_TOKEN:  # decode: the request's last chunk to finish merges (prefill: merge.py)
+                row_tiles = tl.cdiv(num_rows, BLOCK_M)
+                merge_split_request(
+                    part_o_ptr, part_lse_ptr, o_ptr, lse_ptr, sinks_ptr, counter_ptr, merge_indptr_ptr, req,
+                    (req * row_tiles + pid_m) * tl.num_programs(1) + pid_h, first_row, last_row + 1, group_size,
+                    qo_len, q_start, pid_h, stride_pn, stride_ph, stride_pln, stride_plh, stride_on, stride_oh,
+                    stride_ln, stride_lh, offs_dvo, mask_dvo, HAS_SINKS, WRITE_LSE, MERGE_ROWS, MERGE_SPLITS)
         else:
             store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, 0, stride_on, stride_oh,
                       0, stride_ln, stride_lh, WRITE_LSE)
