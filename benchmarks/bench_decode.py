@@ -84,6 +84,9 @@ def bench_one(w, kv_dtype, use_tc, cache, table, scale, ws, rows, graph):
     row = {"workload": w.name, "kv": str(kv_dtype).removeprefix("torch."), "path": "tensor cores" if use_tc else "cuda cores",
            "us (host)": t * 1e6, "GB/s": nbytes / t / 1e9, "plan": repr(wrapper.plan_value).split(", ", 5)[-1][:60],
            "plan ms": plan_s * 1e3}
+    compiled = wrapper._replays[0][0].compiled if wrapper._replays else None
+    if compiled is not None:  # what bounds the programs per SM: registers per thread, shared memory
+        row["regs, smem KB"] = f"{compiled.n_regs}, {compiled.metadata.shared / 1024:.0f}"
     if graph:
         add_graph_time(row, fn, nbytes)
     print(row, flush=True)
@@ -132,13 +135,13 @@ def profile_run():
     print(f"host time per run() (no sync, launches queue): {host * 1e6:.1f} us")
 
 
-# (BLOCK_N, warps, stages, two-phase KV loop, register cap or 0) tried by --sweep. Triton's
-# pipeliner gives the K/V tiles stages - 1 shared-memory buffers (the page ids are read one tile
-# ahead: kernels/common.py). A register cap lets more programs share an SM (fp8 128 x 4 x 3 needs
-# 208 registers per thread uncapped: two programs).
-SWEEP_CONFIGS = ((64, 8, 4, False, 0), (64, 4, 4, False, 0), (64, 8, 4, False, 128), (128, 8, 2, False, 0),
-                 (128, 4, 3, True, 0), (128, 4, 3, True, 168), (128, 8, 3, True, 128), (128, 8, 3, True, 0),
-                 (128, 4, 3, False, 168), (64, 4, 4, True, 168), (64, 4, 3, True, 128))
+# (BLOCK_N, warps, stages, two-phase KV loop, register cap or 0, programs per SM) tried by --sweep.
+# Triton's pipeliner gives the K/V tiles stages - 1 shared-memory buffers (the page ids are read one
+# tile ahead: kernels/common.py). Programs per SM is what the plan sizes KV splits by (SMs x it);
+# the sweep prints the compiled variant's registers and shared memory to check it. A register cap
+# lets more programs share an SM.
+SWEEP_CONFIGS = ((64, 8, 4, False, 0, 2), (64, 4, 4, False, 0, 4), (64, 4, 4, True, 0, 4), (128, 8, 2, False, 0, 1),
+                 (128, 4, 3, True, 0, 3), (128, 4, 4, True, 0, 2), (128, 8, 3, True, 0, 2), (64, 4, 3, True, 128, 4))
 
 
 def sweep():
@@ -151,10 +154,11 @@ def sweep():
         w = next(x for x in DECODE if x.name == name)
         for kv_dtype in ((torch.bfloat16, torch.float8_e4m3fn) if w.q_heads != w.kv_heads else (torch.bfloat16,)):
             cache, pages, scale = build(w, kv_dtype)
-            for block_n, warps, stages, two, maxnreg in SWEEP_CONFIGS:
+            for block_n, warps, stages, two, maxnreg, per_sm in SWEEP_CONFIGS:
                 TC_DECODE_TILES[cache.element_size()] = dict(block_n=block_n, num_warps=warps, num_stages=stages,
-                                                             two_phase=two, maxnreg=maxnreg)
-                name = f"N{block_n} w{warps} s{stages}" + " 2-phase" * two + f" maxnreg {maxnreg}" * (maxnreg > 0)
+                                                             two_phase=two, maxnreg=maxnreg, programs_per_sm=per_sm)
+                name = (f"N{block_n} w{warps} s{stages}" + " 2-phase" * two + f" maxnreg {maxnreg}" * (maxnreg > 0)
+                        + f" {per_sm}/SM")
                 sub = []
                 try:
                     bench_one(w, kv_dtype, True, cache, pages, scale, ws, sub, True)
@@ -163,7 +167,8 @@ def sweep():
                 except Exception as e:
                     print(f"  {name}: {type(e).__name__}: {str(e)[:100]}")
             del cache
-    print(table(rows, ["workload", "kv", "config", "us (host)", "GB/s", "us (graph)", "GB/s (graph)"]))
+    print(table(rows, ["workload", "kv", "config", "regs, smem KB", "us (host)", "GB/s", "us (graph)",
+                       "GB/s (graph)"]))
 
 
 def l2_resident():

@@ -32,24 +32,25 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
                      "o_data_type", "data_type", "sm_scale", "rope_scale", "rope_theta", "non_blocking",
                      "block_tables", "seq_lens", "fixed_split_size", "disable_split_kv", "q_len_per_req")
 
-# Tensor-core path, by KV element size: BLOCK_N, (warps, stages) for the KV loop, and whether the
-# kernel runs its unmasked tiles in a loop of their own. Decode is memory bound: the tile must
-# keep enough bytes in flight per program. The pipeliner gives K/V stages - 1 buffers (page ids
-# read a tile ahead). Chosen by `bench_decode.py --sweep` on the H200 (2026-12-02, per CUDA-graph
-# replay, gqa4 bs64 kv4096 / gqa4 bs256 kv2048 / gqa4 bs16 kv32768 / mha bs64 kv4096): bf16
-# 64 x 8 warps x 4 stages 4,193 / 4,144 / 4,285 / 4,277 GB/s (64 x 4 x 4: 4,136 / 4,070 / 4,287 /
-# 4,232; 128 x 8 x 3, whose two 64 KiB buffers leave one program per SM: 3,347 / 3,359 / 3,392 /
-# 3,525); fp8 128 x 4 x 3 two-phase 2,782 / 2,617 / 2,964 (without the two-phase loop 2,598 /
-# 2,497 / 2,682; 64 x 4 x 4: 2,491 / 2,507 / 1,890). fp8 needs 208 registers per thread, two
-# programs per SM; capped at 168 (16 B spilled), three: 2,796 / 2,962 / 3,015 against 2,797 /
-# 2,634 / 2,980 uncapped in the same sweep (maxnreg 128 with 8 warps: 2,187 / 2,167 / 2,249).
-# With V read by 16-bit pairs (kernels/prefill.py fp8_v_pairs: a third fewer instructions per KV
-# tile, 200 registers uncapped), the fp8 sweep again on the H100 (2026-12-02, per replay, the
-# three gqa4 workloads): 128 x 4 x 3 two-phase uncapped 2,702 / 2,697 / 2,817 GB/s, capped at
-# 168 2,363 / 2,659 / 2,793, 128 x 8 x 3 two-phase 2,689 / 2,684 / 2,781, 128 x 4 x 4 capped
-# 2,639 / 2,636 / 2,783: the cap no longer pays.
-TC_DECODE_TILES = {2: dict(block_n=64, num_warps=8, num_stages=4, two_phase=False),
-                   1: dict(block_n=128, num_warps=4, num_stages=3, two_phase=True)}
+# Tensor-core path, by KV element size: BLOCK_N, (warps, stages) for the KV loop, whether the
+# kernel runs its unmasked tiles in a loop of their own, and the programs of the tile that fit on
+# one SM (the plan splits KV to fill SMs x that many; see plan.choose_chunk). Decode is memory
+# bound: the tile must keep enough bytes in flight per program, and a launch must fill whole waves
+# of program slots. The pipeliner gives K/V stages - 1 buffers (page ids read a tile ahead).
+# bf16: 64 x 8 warps x 4 stages led `bench_decode.py --sweep` on the H200 (2026-12-02, per CUDA-graph
+# replay, gqa4 bs64 kv4096 / gqa4 bs256 kv2048 / gqa4 bs16 kv32768 / mha bs64 kv4096: 4,193 / 4,144 /
+# 4,285 / 4,277 GB/s; 64 x 4 x 4: 4,136 / 4,070 / 4,287 / 4,232; 128 x 8 x 3, one program per SM:
+# 3,347 / 3,359 / 3,392 / 3,525); its sm_90 d128 build takes 118 registers and 104 KB of shared
+# memory: two programs per SM.
+# fp8 (V read by 16-bit pairs, kernels/prefill.py fp8_v_pairs): on the H200 (2026-12-04, per replay,
+# the three gqa4 workloads, the plan still assuming two programs per SM), each tile read fast where
+# its programs filled whole waves of its slots and slow elsewhere: 128 x 4 x 3 (126 registers,
+# 72 KB: 3 per SM) 3,002 / 3,745 / 3,972 GB/s (bs64's 512 programs are 1.3 waves of 396 slots);
+# 128 x 4 x 4 (104 KB: 2 per SM) 3,592 / 3,372 / 3,903; 128 x 8 x 3 (2 per SM) 3,488 / 3,352 /
+# 3,651; 64 x 4 x 4 (120 registers, 54 KB: 4 per SM) 3,626 / 3,610 / 2,893 (bs16 kv32768's 256
+# programs half-fill 528 slots). With the plan sizing splits by the tile's slots, 64 x 4 x 4.
+TC_DECODE_TILES = {2: dict(block_n=64, num_warps=8, num_stages=4, two_phase=False, programs_per_sm=2),
+                   1: dict(block_n=64, num_warps=4, num_stages=4, two_phase=True, programs_per_sm=4)}
 
 
 def tc_decode_tile(kv_itemsize: int, head_dim: int) -> dict:
@@ -78,6 +79,7 @@ class _Statics:
     key: tuple
     plan_fields: dict                # the DecodePlan fields they fix
     row_tiles: int                   # per request and KV chunk
+    programs_per_sm: int             # of the launch's tile: the plan fills SMs x this many program slots
     split_tokens: Optional[int]      # fixed_split_size in tokens
     disable_split_kv: bool
     launch_cfg: tuple                # (num_warps, num_stages, maxnreg; 0 = no register cap)
@@ -228,9 +230,9 @@ class BatchDecodeWithPagedKVCacheWrapper:
             block_m = _pow2(group) if n == 1 else min(TC_DECODE_MAX_BLOCK_M, _pow2(n * group))
             block_n, num_warps, num_stages = cfg["block_n"], cfg["num_warps"], cfg["num_stages"]
             maxnreg = cfg.get("maxnreg", 0)
-            two_phase = cfg["two_phase"]
+            two_phase, programs_per_sm = cfg["two_phase"], cfg["programs_per_sm"]
         else:
-            two_phase = False
+            two_phase, programs_per_sm = False, 2
             tile = decode_tile(max(1, 1 << (group - 1).bit_length()), max(16, 1 << (head_dim - 1).bit_length()))
             block_m, block_n, num_warps, num_stages = tile.block_m, tile.block_n, tile.num_warps, tile.num_stages
             maxnreg = 0
@@ -246,7 +248,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              page_size=page_size, q_dtype=q_dtype, kv_dtype=kv_dtype, o_dtype=o_dtype,
                              variant=variant, use_tensor_cores=bool(use_tc), q_len_per_req=n, block_m=block_m,
                              block_n=block_n),
-            row_tiles=triton.cdiv(n * group, block_m),
+            row_tiles=triton.cdiv(n * group, block_m), programs_per_sm=programs_per_sm,
             split_tokens=None if fixed_split_size is None else fixed_split_size * page_size,
             disable_split_kv=disable_split_kv, launch_cfg=(num_warps, num_stages, maxnreg), two_phase=two_phase,
             alibi=get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None)
@@ -270,13 +272,13 @@ class BatchDecodeWithPagedKVCacheWrapper:
             raise ValueError(f"this CUDA-graph wrapper was planned with q_len_per_req={self._plan.q_len_per_req} "
                              f"(q's shape is captured), got {n}")
 
-        sms = num_sms(self._device)
+        slots = num_sms(self._device) * st.programs_per_sm
         block_n = f["block_n"]
         min_chunk = 4 * block_n if is_interpreting() else max(256, 2 * block_n)
-        chunk = choose_chunk(seq, num_kv_heads * st.row_tiles, sms, block_n, min_chunk, st.split_tokens,
+        chunk = choose_chunk(seq, num_kv_heads * st.row_tiles, slots, block_n, min_chunk, st.split_tokens,
                              st.disable_split_kv)
         # The grid: exactly the work in eager mode; a bound fixed by the batch size in graph mode.
-        max_work = max_work_items(batch, num_kv_heads, sms, st.row_tiles) if self._use_cuda_graph else \
+        max_work = max_work_items(batch, num_kv_heads, slots, st.row_tiles) if self._use_cuda_graph else \
             st.row_tiles * int(torch.clamp((seq + chunk - 1) // chunk, min=1).sum())
         host, num_work, num_partials = build_decode_buffer(seq, indptr_h, chunk, max_work,
                                                            pin=self._device.type == "cuda", q_len_per_req=n,

@@ -1,8 +1,9 @@
 """Host-only scheduling for the batch wrappers: plans are frozen values.
 
 A decode plan cuts every request's KV into chunks of one size, chosen so that the programs of
-the launch (work items x KV heads) fill about two waves of the GPU's SMs: a batch of 16 long
-requests splits each into several chunks, a batch of 256 short ones is not split at all. Split
+the launch (work items x KV heads) fill the GPU's program slots (SMs x the programs of the
+tile that fit on one SM): a batch of 16 long requests splits each into several chunks, a batch
+of 256 short ones is not split at all. Split
 requests write partial states to the float workspace; a merge launch combines them.
 
 Multi-token decode (q_len_per_req = n > 1) gives each request n query tokens, n x group packed
@@ -97,22 +98,23 @@ def buffer_len(batch_size: int, max_work: int) -> int:
     return WORK_FIELDS * max_work + 4 * batch_size + 3
 
 
-def max_work_items(batch_size: int, num_kv_heads: int, num_sms: int, row_tiles: int = 1) -> int:
+def max_work_items(batch_size: int, num_kv_heads: int, slots: int, row_tiles: int = 1) -> int:
     """Work items a plan may produce: row_tiles per request, or up to the split target
-    (choose_chunk keeps chunks x row_tiles x num_kv_heads within it)."""
-    return max(batch_size * row_tiles, triton.cdiv(2 * num_sms, num_kv_heads))
+    (choose_chunk keeps chunks x row_tiles x num_kv_heads within slots)."""
+    return max(batch_size * row_tiles, triton.cdiv(slots, num_kv_heads))
 
 
-def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk, num_sms: int, block_n: int, min_chunk: int,
+def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk, slots: int, block_n: int, min_chunk: int,
                  fixed_split_tokens: Optional[int], disable_split: bool) -> int:
     """Tokens per work item: the smallest multiple of block_n (>= min_chunk) for which the
-    launch stays within two waves of programs; no split when the batch alone fills them.
-    programs_per_chunk: KV heads x row tiles, one int for all requests or a tensor [B]."""
+    launch's programs stay within `slots` (the programs the GPU runs at once: SMs x programs per
+    SM of the kernel's tile); no split when the batch alone fills them. programs_per_chunk: KV
+    heads x row tiles, one int for all requests or a tensor [B]."""
     max_len = int(seq_lens.max()) if seq_lens.numel() else 0
     whole = max(triton.cdiv(max(max_len, 1), block_n) * block_n, block_n)
     if fixed_split_tokens is not None:
         return fixed_split_tokens
-    target = 2 * num_sms
+    target = slots
     per_request = programs_per_chunk * torch.ones_like(seq_lens)
     if disable_split or int(per_request.sum()) >= target or max_len <= min_chunk:
         return whole

@@ -135,8 +135,8 @@ class _BatchPrefillWrapper:
             max_work = None
         tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
         min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
-        chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, num_sms(self._device), tile.block_n, min_chunk,
-                             None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
+        chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, 2 * num_sms(self._device), tile.block_n,
+                             min_chunk, None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
                              disable_split_kv)
         host, num_work, num_partials = build_prefill_buffer(
             qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m, causal=bool(causal) and packed is None,
