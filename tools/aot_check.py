@@ -108,7 +108,7 @@ def gpu_twin(entry: dict) -> dict | None:
     c = entry["constexprs"]
     maxnreg = None
     if entry["name"] == "attention_fwd_kernel":
-        if c["PAGED"] and c["HAS_PARTIALS"]:  # tensor-core batch decode (decode.py's table)
+        if c["BATCHED"] and c["PAGED"] and not c["PARTIALS_BY_TOKEN"]:  # tensor-core batch decode (decode.py)
             from pyflashinfer.attention.decode import tc_decode_tile
             fp8 = "fp8" in entry["signature"]["k_ptr"]
             cfg = tc_decode_tile(1 if fp8 else 2, max(c["BLOCK_DQK"], c["BLOCK_DVO"]))

@@ -37,7 +37,10 @@ def _paged_decode_launch(
     use_tensor_cores: bool, block_n: int, num_warps: int, num_stages: int, maxnreg: int, sm_scale: float,
     soft_cap: float, window_left: int, rope_rcp_scale: float, rope_log2_theta: float, v_scale: float, use_rope: bool,
     use_alibi: bool, q_len_per_req: int, block_m: int, sinks: Optional[torch.Tensor], two_phase: bool,
+    has_partials: bool,
 ) -> list:
+    """has_partials: the plan may split KV (it does, or a CUDA graph may replay a later plan that does);
+    a plan that never splits launches the tensor-core kernel without the partial-state and merge code."""
     num_qo_heads, d_qk = q.shape[1], q.shape[2]
     tok, head = (2, 1) if hnd else (1, 2)
     num_kv_heads, page_size, d_vo = k.shape[head], k.shape[tok], v.shape[-1]
@@ -66,7 +69,7 @@ def _paged_decode_launch(
         attn = launch(attention_fwd_kernel, grid, num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg or None,
                       mask_ptr=None, mask_indptr_ptr=None, qo_indptr_ptr=sec[3], qo_len=1, BLOCK_M=block_m,
                       IS_CAUSAL=q_len_per_req > 1, HAS_MASK=False, DOT_F16=k.element_size() == 1,
-                      HAS_PARTIALS=True, KV_TMA=False, WARP_SPEC=False, TWO_PHASE=two_phase,
+                      HAS_PARTIALS=has_partials, KV_TMA=False, WARP_SPEC=False, TWO_PHASE=two_phase,
                       part_indptr_ptr=None, PARTIALS_BY_TOKEN=False, scale_q_ptr=None, scale_k_ptr=None,
                       scale_v_ptr=None, HEAD_SCALES=False, FP8_QK=False, **common)
     else:

@@ -42,15 +42,16 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
 # 4,285 / 4,277 GB/s; 64 x 4 x 4: 4,136 / 4,070 / 4,287 / 4,232; 128 x 8 x 3, one program per SM:
 # 3,347 / 3,359 / 3,392 / 3,525); its sm_90 d128 build takes 118 registers and 104 KB of shared
 # memory: two programs per SM.
-# fp8 (V read by 16-bit pairs, kernels/prefill.py fp8_v_pairs): on the H200 (2026-12-04, per replay,
-# the three gqa4 workloads, the plan still assuming two programs per SM), each tile read fast where
-# its programs filled whole waves of its slots and slow elsewhere: 128 x 4 x 3 (126 registers,
-# 72 KB: 3 per SM) 3,002 / 3,745 / 3,972 GB/s (bs64's 512 programs are 1.3 waves of 396 slots);
-# 128 x 4 x 4 (104 KB: 2 per SM) 3,592 / 3,372 / 3,903; 128 x 8 x 3 (2 per SM) 3,488 / 3,352 /
-# 3,651; 64 x 4 x 4 (120 registers, 54 KB: 4 per SM) 3,626 / 3,610 / 2,893 (bs16 kv32768's 256
-# programs half-fill 528 slots). With the plan sizing splits by the tile's slots, 64 x 4 x 4.
+# fp8 (V read by 16-bit pairs, kernels/prefill.py fp8_v_pairs): the register count ptxas gives the
+# tile moves with code outside the KV loop (the fused merge took 128 x 4 x 3 from 197 registers, two
+# programs per SM, to 126, three; its loop's PTX unchanged), and each tile reads fast where its
+# programs fill whole waves of its slots. On the H200 (2026-12-04, per replay, gqa4 bs64 kv4096 /
+# gqa4 bs256 kv2048 / gqa4 bs16 kv32768, GB/s; bs1 kv4096 us), the plan sizing splits by each
+# tile's slots: 128 x 4 x 4 (126 registers, 104 KB: 2 per SM) 3,524 / 3,300 / 3,773, 11.2 us;
+# 128 x 4 x 3 (3 per SM) 2,882 / 3,599 / 3,969, 10.3 us (bs64's 512 programs are 1.3 waves of 396
+# slots); 64 x 4 x 4 (120 registers, 54 KB: 4 per SM) 3,593 / 3,452 / 3,391, 10.8 us.
 TC_DECODE_TILES = {2: dict(block_n=64, num_warps=8, num_stages=4, two_phase=False, programs_per_sm=2),
-                   1: dict(block_n=64, num_warps=4, num_stages=4, two_phase=True, programs_per_sm=4)}
+                   1: dict(block_n=128, num_warps=4, num_stages=4, two_phase=True, programs_per_sm=2)}
 
 
 def tc_decode_tile(kv_itemsize: int, head_dim: int) -> dict:
@@ -404,7 +405,8 @@ class BatchDecodeWithPagedKVCacheWrapper:
             sm_scale=sm_scale, soft_cap=var.soft_cap, window_left=var.window_left, rope_rcp_scale=1.0 / var.rope_scale,
             rope_log2_theta=math.log2(var.rope_theta), v_scale=1.0 if v_scale is None else float(v_scale),
             use_rope=var.use_rope, use_alibi=var.use_alibi, q_len_per_req=plan.q_len_per_req, block_m=plan.block_m,
-            sinks=sinks, two_phase=self._statics.two_phase)
+            sinks=sinks, two_phase=self._statics.two_phase,
+            has_partials=self._use_cuda_graph or plan.num_partials > 0)
         if replays is not None and all(r is not None for r, _ in replays) and \
                 aligned16(q, out, lse, sinks, cache.k, cache.v):
             self._replays, self._replay_plan, self._replay_cache, self._replay_sig = \
