@@ -147,7 +147,8 @@ def kv_split(num_programs: int, kv_len: int, block_n: int, device: torch.device)
     return triton.cdiv(kv_len, chunk), chunk
 
 
-# Splits the merge kernel reads at once (kernels/merge.py): gqa4 bs1 kv4096's plan makes 16.
+# Splits the merge kernel reads at once (kernels/merge.py; split batch prefill, single requests,
+# cascades). Batch decode merges its splits inside its own launch (kernels/common.merge_split_request).
 MERGE_BLOCK_S = 16
 
 

@@ -3,8 +3,10 @@
 A decode plan cuts every request's KV into chunks of one size, chosen so that the programs of
 the launch (work items x KV heads) fill the GPU's program slots (SMs x the programs of the
 tile that fit on one SM): a batch of 16 long requests splits each into several chunks, a batch
-of 256 short ones is not split at all. Split
-requests write partial states to the float workspace; a merge launch combines them.
+of 256 short ones is not split at all. Split requests write partial states to the float
+workspace, and the last program of a request (per row tile and KV head) to finish merges them in
+the same launch: it counts itself in at an int32 counter of the plan's (`counters`, the wrapper's
+own memory), which every launch leaves at zero.
 
 Multi-token decode (q_len_per_req = n > 1) gives each request n query tokens, n x group packed
 rows cut into row tiles; a request has one work item per (KV chunk, row tile). A split chunk
