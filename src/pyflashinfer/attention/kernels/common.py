@@ -197,14 +197,16 @@ def last_arrival(counter_ptr, count):
 def merge_split_request(part_o_ptr, part_lse_ptr, o_ptr, lse_ptr, sinks_ptr, counter_ptr, merge_indptr_ptr,
                         req, counter_idx, rows_lo, rows_hi, group_size, n_tokens, q_start, pid_h,
                         stride_pn, stride_ph, stride_pln, stride_plh, stride_on, stride_oh, stride_ln, stride_lh,
-                        offs_d, mask_d, HAS_SINKS: tl.constexpr, WRITE_LSE: tl.constexpr,
-                        MERGE_R: tl.constexpr, MERGE_S: tl.constexpr):
+                        offs_d, mask_d, HAS_SINKS: tl.constexpr, WRITE_LSE: tl.constexpr):
     """A split decode request's fused merge. Each of its KV chunks' programs calls this after
     storing its partial state for packed rows [rows_lo, rows_hi) of KV head pid_h (row r: token
     r // group_size, qo head pid_h * group_size + r % group_size); the last of them to arrive at
-    counter_idx merges every chunk's state into out/lse (the sinks join here), MERGE_R rows at a
-    time. Chunk c of the request wrote token t's rows to partial row (merge_indptr[req] + c) *
-    n_tokens + t. Saves the merge launch: gqa4 bs1 kv4096 spent 3.1 us of its 12.3 us in it."""
+    counter_idx merges every chunk's state into out/lse (the sinks join here), MERGE_R rows and
+    MERGE_S chunks at a time (8K fp32 in flight: 4 x 16 at head dim 128). Chunk c of the request
+    wrote token t's rows to partial row (merge_indptr[req] + c) * n_tokens + t. Saves the merge
+    launch (benchmarks/RESULTS.md, H200 2026-12-04: one launch of host time per split call)."""
+    MERGE_S: tl.constexpr = 16
+    MERGE_R: tl.constexpr = 8192 // (MERGE_S * offs_d.shape[0])  # head dims <= 256: >= 2
     chunk0 = tl.load(merge_indptr_ptr + req)
     num_chunks = tl.load(merge_indptr_ptr + req + 1) - chunk0
     if last_arrival(counter_ptr + counter_idx, num_chunks):

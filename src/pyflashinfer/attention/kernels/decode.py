@@ -111,7 +111,6 @@ def decode_fwd_kernel(
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_g[:, None] & mask_dvo[None, :]
     rows = row + tl.zeros([BLOCK_G], dtype=tl.int64)
-    MERGE_ROWS: tl.constexpr = 8192 // (16 * BLOCK_DVO)  # fused merge tile: rows x 16 splits x BLOCK_DVO fp32
     if BATCHED:
         if slot >= 0:  # a partial state of a split request
             p_rows = slot.to(tl.int64) + tl.zeros([BLOCK_G], dtype=tl.int64)
@@ -122,7 +121,7 @@ def decode_fwd_kernel(
                 part_o_ptr, part_lse_ptr, o_ptr, lse_ptr, sinks_ptr, counter_ptr, merge_indptr_ptr, req,
                 req * tl.num_programs(1) + pid_h, 0, group_size, group_size, 1, row, pid_h, stride_pn, stride_ph,
                 stride_pln, stride_plh, stride_on, stride_oh, stride_ln, stride_lh, offs_dvo, mask_dvo, HAS_SINKS,
-                WRITE_LSE, MERGE_ROWS, 16)
+                WRITE_LSE)
         else:
             store_out(o_ptr, lse_ptr, out, lse, rows, head, offs_dvo, mask_o, mask_g, 0, stride_on, stride_oh,
                       0, stride_ln, stride_lh, WRITE_LSE)

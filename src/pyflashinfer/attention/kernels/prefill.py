@@ -167,9 +167,6 @@ def attention_fwd_kernel(
         acc, m_i, l_i = fold_sink(acc, m_i, l_i, sinks_ptr, head, mask_m, slot < 0)
     out, lse = finalize(acc, m_i, l_i, v_scale)
     mask_o = mask_m[:, None] & mask_dvo[None, :]
-    # fused merge tile (decode): MERGE_ROWS x MERGE_SPLITS x BLOCK_DVO fp32, 8K elements (gqa4 d128: 4 x 16)
-    MERGE_SPLITS: tl.constexpr = 16
-    MERGE_ROWS: tl.constexpr = 8192 // (MERGE_SPLITS * BLOCK_DVO)  # head dims <= 256: >= 2
     if HAS_PARTIALS:  # batch plans that split KV: slot >= 0 writes a partial state
         if slot >= 0:
             if PARTIALS_BY_TOKEN:  # prefill: token t's chunks sit at part_indptr[t] + chunk (slot)
@@ -184,7 +181,7 @@ def attention_fwd_kernel(
                     part_o_ptr, part_lse_ptr, o_ptr, lse_ptr, sinks_ptr, counter_ptr, merge_indptr_ptr, req,
                     (req * row_tiles + pid_m) * tl.num_programs(1) + pid_h, first_row, last_row + 1, group_size,
                     qo_len, q_start, pid_h, stride_pn, stride_ph, stride_pln, stride_plh, stride_on, stride_oh,
-                    stride_ln, stride_lh, offs_dvo, mask_dvo, HAS_SINKS, WRITE_LSE, MERGE_ROWS, MERGE_SPLITS)
+                    stride_ln, stride_lh, offs_dvo, mask_dvo, HAS_SINKS, WRITE_LSE)
         else:
             store_out(o_ptr, lse_ptr, out, lse, tok_g, head, offs_dvo, mask_o, mask_m, 0, stride_on, stride_oh,
                       0, stride_ln, stride_lh, WRITE_LSE)
