@@ -233,7 +233,7 @@ class BatchDecodeWithPagedKVCacheWrapper:
             maxnreg = cfg.get("maxnreg", 0)
             two_phase, programs_per_sm = cfg["two_phase"], cfg["programs_per_sm"]
         else:
-            two_phase, programs_per_sm = False, 2
+            two_phase, programs_per_sm = False, 2  # the plans' old assumption; not measured for this path
             tile = decode_tile(max(1, 1 << (group - 1).bit_length()), max(16, 1 << (head_dim - 1).bit_length()))
             block_m, block_n, num_warps, num_stages = tile.block_m, tile.block_n, tile.num_warps, tile.num_stages
             maxnreg = 0

@@ -116,9 +116,8 @@ def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk, slots: int, block_n
     whole = max(triton.cdiv(max(max_len, 1), block_n) * block_n, block_n)
     if fixed_split_tokens is not None:
         return fixed_split_tokens
-    target = slots
     per_request = programs_per_chunk * torch.ones_like(seq_lens)
-    if disable_split or int(per_request.sum()) >= target or max_len <= min_chunk:
+    if disable_split or int(per_request.sum()) >= slots or max_len <= min_chunk:
         return whole
 
     def programs(chunk: int) -> int:
@@ -127,7 +126,7 @@ def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk, slots: int, block_n
     lo, hi = triton.cdiv(min_chunk, block_n), whole // block_n  # in units of block_n
     while lo < hi:
         mid = (lo + hi) // 2
-        if programs(mid * block_n) <= target:
+        if programs(mid * block_n) <= slots:
             hi = mid
         else:
             lo = mid + 1
