@@ -136,7 +136,8 @@ def gpu_twin(entry: dict) -> dict | None:
 def gluon_variants() -> list[dict]:
     """The Gluon Hopper prefill kernel never runs under the interpreter, so no test run records
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
-    with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64)."""
+    with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64;
+    fp8 e4m3, ragged and paged)."""
     import itertools
 
     from pyflashinfer.attention import batch_launch
@@ -144,20 +145,29 @@ def gluon_variants() -> list[dict]:
     out = []
     for d, block_m, causal, extra, dtype, page in itertools.chain(
             itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",), (0,)),
-            [(128, 128, True, False, "fp16", 0), (128, 128, True, False, "bf16", 16), (64, 64, False, True, "bf16", 64)]):
+            [(128, 128, True, False, "fp16", 0), (128, 128, True, False, "bf16", 16), (64, 64, False, True, "bf16", 64)],
+            [(128, 128, True, False, "fp8e4nv", 0), (128, 128, True, True, "fp8e4nv", 16),
+             (64, 64, False, True, "fp8e4nv", 0), (64, 128, False, False, "fp8e4nv", 64)]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
         if page:
             sig["kv_indices_ptr"] = "*i32"
         else:
             sig["kv_indices_ptr"], consts["kv_indices_ptr"] = "constexpr", None
-        sig.update({n: f"*{dtype}" for n in ("q_ptr", "k_ptr", "v_ptr", "o_ptr")}, qk_scale="fp32")
+        fp8 = dtype.startswith("fp8")
+        if fp8:
+            sig["vt_ptr"] = f"*{dtype}"
+        else:
+            sig["vt_ptr"], consts["vt_ptr"] = "constexpr", None
+        sig.update({n: f"*{dtype}" for n in ("q_ptr", "k_ptr", "v_ptr")}, o_ptr="*fp16" if fp8 else f"*{dtype}",
+                   qk_scale="fp32", v_scale="fp32")
         sig.update({n: "*i32" for n in ("work_ptr", "qo_indptr_ptr", "seq_lens_ptr", "kv_indptr_ptr")})
         optional = {"lse_ptr": "*fp32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "part_indptr_ptr": "*i32"}
         for n, t in optional.items():
             sig[n] = t if extra else "constexpr"
             if not extra:
                 consts[n] = None
-        consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N, STAGES=2, IS_CAUSAL=causal,
+        consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N,
+                      STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
                       PAGE_SIZE=page)
         sig.update({n: "constexpr" for n in consts})

@@ -25,13 +25,15 @@ def _indptr(lens):
     return out
 
 
-def _check(out, lse, qs, ks, vs, dtype, masks=None, **kw):
+def _check(out, lse, qs, ks, vs, dtype, masks=None, p_dtype=None, **kw):
+    """p_dtype: the kernel multiplies P rounded to it (fp8 on the Gluon kernel); so does the
+    low-precision reference whose error sets the budget."""
     start = 0
     for b, q in enumerate(qs):
         n = q.shape[0]
         mk = {} if masks is None else dict(custom_mask=masks[b])
         o32, l32 = attention_ref(q, ks[b], vs[b], **mk, **kw)
-        olp, llp = attention_ref(q, ks[b], vs[b], compute_dtype=lowp_of(dtype), **mk, **kw)
+        olp, llp = attention_ref(q, ks[b], vs[b], compute_dtype=lowp_of(dtype), p_dtype=p_dtype, **mk, **kw)
         assert_close_policy(out[start:start + n], o32, olp, name=f"out[req {b}]")
         assert_close_policy(lse[start:start + n], l32, llp, name=f"lse[req {b}]")
         start += n
@@ -327,7 +329,7 @@ def test_fp8_q_prefill(device):
     scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
     out, lse = w.run(torch.cat(q8), torch.cat(k8), torch.cat(v8), return_lse=True, **scales)
     _check(out, lse, [q.float() for q in q8], [k.float() for k in k8], [v.float() for v in v8], F16,
-           causal=True, **scales)
+           causal=True, p_dtype=E4M3 if w.plan_value.v_t is not None else None, **scales)
     with pytest.raises(TypeError, match="fp8 KV"):
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=E4M3,
                kv_data_type=F16)
@@ -399,6 +401,22 @@ def test_hopper_prefill_kernel(case, device, monkeypatch):
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
 
 
+def _poison_unused_rows(cache, indptr, indices, last, layout):
+    """NaN in every cache row that holds no request's KV (spare pages, last pages' tails)."""
+    page = cache.shape[2] if layout == "NHD" else cache.shape[3]
+    known = torch.zeros(cache.shape[0], page, dtype=torch.bool, device=cache.device)
+    for b in range(len(indptr) - 1):
+        ids = indices[indptr[b]: indptr[b + 1]].long()
+        known[ids] = True
+        if len(ids):
+            known[ids[-1], int(last[b]):] = False
+    rows = known[:, None, :, None, None] if layout == "NHD" else known[:, None, None, :, None]
+    if cache.element_size() == 1:  # e4m3's NaN, 0x7f (fp8 tensors have no masked_fill)
+        cache.view(torch.uint8).masked_fill_(~rows.expand_as(cache), 0x7F)
+    else:
+        cache.masked_fill_(~rows.expand_as(cache), float("nan"))
+
+
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size, layout, causal): pages scattered, last pages
 # partly filled, the cache's unused rows and spare pages NaN (the kernel copies whole pages).
 HOPPER_PAGED = [
@@ -419,14 +437,7 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
     monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
     cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, BF16, device, layout,
                                                                   as_tuple=False)
-    known = torch.zeros(cache.shape[0], page, dtype=torch.bool, device=device)  # rows that hold a request's KV
-    for b in range(len(kv_lens)):
-        ids = indices[indptr[b]: indptr[b + 1]].long()
-        known[ids] = True
-        if len(ids):
-            known[ids[-1], int(last[b]):] = False
-    rows = known[:, None, :, None, None] if layout == "NHD" else known[:, None, None, :, None]
-    cache.masked_fill_(~rows.expand_as(cache), float("nan"))
+    _poison_unused_rows(cache, indptr, indices, last, layout)
     qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
     for backend in ("auto", "fa2"):
         w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device=device),
@@ -437,3 +448,76 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
         out, lse = w.run(torch.cat(qs), cache, return_lse=True)
         assert used[-1] is (backend == "auto" and page > 1)
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
+
+
+@pytest.mark.parametrize("page", [0, 16, 5], ids=["ragged", "p16", "p5"])
+def test_write_vt(page, device):
+    """The fp8 Hopper path's V^T pass: each request's V transposed into its columns (16-aligned,
+    a gap of 32 after each request), in P's column order within 16, zeros up to the next 16."""
+    from pyflashinfer.attention.launch import vt_columns, write_vt
+    kv_lens, h_kv, d = [0, 37, 16, 70], 2, 64
+    if page:
+        cache, (indptr, indices, _), _, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device)
+        v, strides, starts = cache[1], (cache[1].stride(0), cache[1].stride(1), cache[1].stride(2)), indptr
+        tokens = int(indptr[-1]) * page
+    else:
+        vs = [torch.randn(n, h_kv, d, device=device).to(E4M3) for n in kv_lens]
+        v, indices = torch.cat(vs), None
+        strides, starts, tokens = (0, v.stride(0), v.stride(1)), _i32(_indptr(kv_lens), device), sum(kv_lens)
+    vt = torch.full((h_kv, d, vt_columns(tokens, len(kv_lens))), float("nan"), device=device).to(E4M3)
+    write_vt(vt, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens), max(kv_lens))
+    perm16 = [4 * (c // 2 % 4) + 2 * (c // 8) + c % 2 for c in range(16)]
+    for b, n in enumerate(kv_lens):
+        base = (int(starts[b]) * max(page, 1) + 15) // 16 * 16 + 32 * b
+        want = torch.zeros(h_kv, d, (n + 15) // 16 * 16)
+        want[:, :, :n] = vs[b].float().permute(1, 2, 0)
+        cols = torch.tensor([base + t - t % 16 + perm16[t % 16] for t in range(want.shape[2])], dtype=torch.long)
+        assert torch.equal(vt[:, :, cols.to(device)].float().cpu(), want.cpu()), f"request {b}"
+
+
+# (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size, causal): fp8 e4m3 q/k/v on the Gluon
+# kernel, ragged and paged, with a split long KV and empty requests.
+HOPPER_FP8 = [
+    ("ragged-g4-d128-causal", [300, 0, 77, 1], [300, 5, 900, 17], 8, 2, 128, 0, True),
+    ("ragged-g3-d64-noncausal-split", [16, 40], [5000, 40], 6, 2, 64, 0, False),
+    ("p16-g1-d128-causal", [129, 64, 0], [1000, 64, 30], 4, 4, 128, 16, True),
+    ("p8-g5-d64-chunked-split", [20, 7], [3333, 7], 10, 2, 64, 8, True),
+]
+
+
+@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.parametrize("case", HOPPER_FP8, ids=[c[0] for c in HOPPER_FP8])
+def test_hopper_fp8_prefill_kernel(case, device, monkeypatch):
+    """fp8 q/k/v with per-tensor scales on the Gluon kernel (P V on fp8 tensor cores, so PyTorch's
+    own error is measured with P rounded to e4m3) and on the portable kernel (backend="fa2")."""
+    from pyflashinfer.attention import batch_launch
+    name, qo_lens, kv_lens, h_qo, h_kv, d, page, causal = case
+    used = []
+    real = batch_launch.hopper_prefill
+    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
+    qs = [(torch.randn(n, h_qo, d, device=device) * 4).to(E4M3) for n in qo_lens]
+    if page:
+        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device,
+                                                                      as_tuple=False)
+        _poison_unused_rows(cache, indptr, indices, last, "NHD")
+    else:
+        ks = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
+        vs = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
+    split = ("split" in name) * (256 // max(page, 1) if page else 2048)
+    for backend in ("auto", "fa2"):
+        ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
+        if page:
+            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, backend=backend)
+            w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, causal=causal,
+                   q_data_type=E4M3, kv_data_type=E4M3, fixed_split_size=split or None)
+            out, lse = w.run(torch.cat(qs), cache, return_lse=True, **scales)
+        else:
+            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
+            w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=causal,
+                   q_data_type=E4M3, kv_data_type=E4M3, fixed_split_size=split or None)
+            out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True, **scales)
+        assert w.plan_value.num_partials > 0 or "split" not in name
+        gluon = backend == "auto"
+        assert used[-1] is gluon and (w.plan_value.v_t is not None) is gluon
+        _check(out, lse, qs, ks, vs, F16, causal=causal, p_dtype=E4M3 if gluon else None, **scales)

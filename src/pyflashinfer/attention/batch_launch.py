@@ -19,7 +19,7 @@ from .kernels.common import LOG2E
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
 from .kernels.prefill_hopper import prefill_ws_kernel
-from .launch import _pow2, fp8_qk, hopper_prefill, kv_tma, merge_states_into
+from .launch import _pow2, fp8_qk, hopper_prefill, kv_tma, merge_states_into, write_vt
 from .plan import section
 
 # The Gluon kernel's KV tile: 128 led 64 on every prefill workload of PERFORMANCE.md (H100,
@@ -28,6 +28,9 @@ from .plan import section
 # producer fill the 512 per thread of the three warpgroups.
 HOPPER_BLOCK_N = 128
 HOPPER_CONSUMER_REGS = 232
+# K/V ring slots by element size: three 16-bit slots do not fit at d128 (245,888 B of shared
+# memory); fp8 tiles are half the size.
+HOPPER_STAGES = {2: 2, 1: 2}
 
 
 def _paged_decode_launch(
@@ -111,9 +114,17 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         IS_CAUSAL=var.causal and plan.packed_mask is None, WRITE_LSE=lse is not None, HAS_PARTIALS=split,
     )
     grid = (plan.num_work, plan.num_kv_heads, 1)
-    if hopper_prefill(plan, q, k, v, strides, sinks, v_scale, backend):
+    replays = []
+    if hopper_prefill(plan, q, k, v, strides, sinks, backend):
+        vt = plan.v_t if q.element_size() == 1 else None
+        if vt is not None:  # fp8: P V reads V^T, written here from this run's V
+            replays.append((write_vt(vt, v, sec[0], sec[2], kv_indices, (vp, vn, vh), plan.page_size,
+                                     plan.batch_size, plan.max_kv_len), ("v_ptr",)))
         attn = launch(prefill_ws_kernel, grid, num_warps=4, num_pages=k.shape[0] if plan.page_size else 0,
-                      qk_scale=sm_scale * LOG2E.value, HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N, STAGES=2,
+                      vt_ptr=vt, stride_vth=vt.stride(0) if vt is not None else 0,
+                      stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=sm_scale * LOG2E.value,
+                      v_scale=v_scale, HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N,
+                      STAGES=HOPPER_STAGES[q.element_size()],
                       CONSUMER_REGS=HOPPER_CONSUMER_REGS, PAGE_SIZE=plan.page_size, **common)
         names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
     else:
@@ -131,7 +142,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
             **dataclasses.replace(var, sm_scale=sm_scale, v_scale=v_scale).kernel_args(), **common,
         )
         names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr", "sinks_ptr")
-    replays = [(attn, names)]
+    replays.append((attn, names))
     if split:
         merge = merge_states_into(part_o, part_lse, out, lse, indptr=plan.part_indptr, sinks=sinks)
         replays.append((merge, ("o_ptr", "lse_ptr", "sinks_ptr")))

@@ -203,6 +203,8 @@ class PrefillPlan:
     part_lse: Optional[torch.Tensor] = field(repr=False, default=None)  # fp32 [partial rows, H_qo]
     packed_mask: Optional[torch.Tensor] = field(repr=False, default=None)
     mask_indptr: Optional[torch.Tensor] = field(repr=False, default=None)
+    max_kv_len: int = 0      # tokens of the longest request's KV
+    v_t: Optional[torch.Tensor] = field(repr=False, default=None)  # fp8 on the Gluon kernel: V^T (launch.vt_columns)
 
     @property
     def part_indptr(self) -> torch.Tensor:

@@ -8,6 +8,7 @@ kv_len keys sits at position kv_len - qo_len + i), so qo_len < kv_len is chunked
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Optional, Tuple, Union
@@ -22,7 +23,7 @@ from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import prefill_launch
 from .host_checks import cache_ref, host_indptr, host_page_table, planned_dtypes, run_outputs, same_cache
-from .launch import Variant, _pow2, prefill_tile
+from .launch import Variant, _pow2, hopper_covers, prefill_tile, vt_columns
 from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk
 
 _BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
@@ -168,7 +169,13 @@ class _BatchPrefillWrapper:
             block_m=tile.block_m, block_n=tile.block_n, num_warps=tile.num_warps, num_stages=tile.num_stages,
             warp_spec=tile.warp_spec, kv_chunk=chunk, num_work=num_work if total_qo or graph else 0,
             num_partials=num_partials, total_qo=total_qo, total_kv=int(kv_indptr_h[-1]), buffer=buf,
-            part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr)
+            part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr,
+            max_kv_len=int(seq_lens_h.max()) if batch else 0)
+        if graph is None and q_dtype in V.FP8_TYPES and hopper_covers(self._plan, self._device, self._backend):
+            # fp8 P V on the Gluon kernel reads V transposed: the launch writes it here first
+            tokens = int(kv_indptr_h[-1]) * max(page_size, 1)
+            self._plan = dataclasses.replace(self._plan, v_t=torch.empty(
+                num_kv_heads, head_dim_vo, vt_columns(tokens, batch), dtype=kv_dtype, device=self._device))
         if graph is not None:
             self._alibi = graph["alibi"]
         else:
@@ -290,7 +297,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         out = w.run(q, k, v)   # q [qo_indptr[-1], 32, 128], k/v [kv_indptr[-1], 8, 128]
 
     backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
-    (launch.hopper_prefill: 16-bit, head dim 64/128, no mask/window/soft cap/RoPE/ALiBi/sinks;
+    (launch.hopper_prefill: 16-bit or fp8 e4m3 q/k/v, head dim 64/128, no mask/window/soft
+    cap/RoPE/ALiBi/sinks; fp8 only outside CUDA-graph mode, for the plan holds the V^T it writes;
     for the paged wrapper, pages of 8-64 tokens)
     and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's
     other names are accepted and mean "auto".

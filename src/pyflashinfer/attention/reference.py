@@ -31,6 +31,7 @@ def attention_ref(
     sm_scale: Optional[float] = None, pos_encoding_mode: str = "NONE", rope_scale: float = 1.0,
     rope_theta: float = 1e4, q_scale: float = 1.0, k_scale: float = 1.0, v_scale: float = 1.0,
     sinks: Optional[torch.Tensor] = None, compute_dtype: torch.dtype = torch.float32,
+    p_dtype: Optional[torch.dtype] = None,
 ):
     """Attention of one request, NHD: q [qo_len, H_qo, D_qk], k [kv_len, H_kv, D_qk],
     v [kv_len, H_kv, D_vo]. Returns (o [qo_len, H_qo, D_vo], lse [qo_len, H_qo]) in
@@ -40,6 +41,8 @@ def attention_ref(
     custom_mask (bool [qo_len, kv_len], True = keep) replaces the causal mask.
     sinks [H_qo] (natural-log logits) add one key per head with that logit and a zero value:
     it joins the softmax denominator (and the lse) only.
+    p_dtype (fp8 attention's P V multiplies fp8 P): each row's exp(logit - max), in [0, 1], is
+    rounded to p_dtype before P V; the denominator sums it unrounded.
     """
     cd = compute_dtype
     qo_len, num_qo_heads, head_dim = q.shape
@@ -76,7 +79,12 @@ def attention_ref(
         sink_col = sinks.to(q.device, cd)[:, None, None].expand(num_qo_heads, qo_len, 1)
         logits = torch.cat([logits, sink_col], dim=-1)
     lse = torch.logsumexp(logits.float(), dim=-1).to(cd)                    # [H, qo]
-    p = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    if p_dtype is None:
+        p = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    else:
+        m = logits.float().amax(-1, keepdim=True).nan_to_num(0.0, neginf=0.0)
+        e = torch.exp(logits.float() - m)
+        p = (e.to(p_dtype).float() / e.sum(-1, keepdim=True)).nan_to_num(0.0).to(cd)
     if sinks is not None:
         p = p[..., :kv_len]
     o = torch.einsum("hqk,khd->qhd", p, v) * v_scale

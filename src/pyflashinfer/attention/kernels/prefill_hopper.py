@@ -4,8 +4,8 @@ The batch plan's work list drives it exactly as it drives the portable kernel (p
 axis 0 is a work item (request, row tile, kv start, kv end, partial slot), axis 1 the KV head,
 and rows of a tile are packed (token, head-in-group) pairs of one KV head, so a GQA group
 shares every K/V tile. It covers a ragged (contiguous) or paged (pages of 8-64 tokens) KV cache
-with 16-bit q/k/v, equal head dims of 64 or 128, causal or not (launch.hopper_prefill says
-when); everything else goes to the portable kernel.
+with 16-bit or fp8 e4m3 q/k/v, equal head dims of 64 or 128, causal or not
+(launch.hopper_prefill says when); everything else goes to the portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
@@ -21,6 +21,10 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   (benchmarks/RESULTS.md).
 - Logits stay raw q.k until one FMA per element folds in qk_scale = sm_scale * log2(e) inside
   the exp2; only tiles that the causal bound or the kv range cut are masked.
+- fp8: both products on fp8 tensor cores, P rounded to e4m3 (as FA3's fp8 path does). fp8
+  wgmma reads both operands K-major, so P V reads V^T, which the launch writes first
+  (kernels/transpose.py) with its columns in the order in which each thread already holds P
+  (_p_operand: no shuffles). v_scale is folded into 1 / l.
 
 Measured on the H100 with benchmarks/bench_prefill.py; see benchmarks/RESULTS.md.
 """
@@ -95,18 +99,20 @@ class _WsArgs:
     n_tiles: gl.tensor
     slot: gl.tensor
     qk_scale: gl.tensor
+    v_scale: gl.tensor
     HEAD_DIM: gl.constexpr
     BLOCK_N: gl.constexpr
     STAGES: gl.constexpr
     IS_CAUSAL: gl.constexpr
     WRITE_LSE: gl.constexpr
     HAS_PARTIALS: gl.constexpr
+    FP8: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on,
                  stride_oh, stride_ln, stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size,
-                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, HEAD_DIM, BLOCK_N,
-                 STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS):
+                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, v_scale, HEAD_DIM, BLOCK_N,
+                 STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8):
         self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
         self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
         self.k_desc, self.v_desc = k_desc, v_desc
@@ -114,10 +120,10 @@ class _WsArgs:
         self.stride_pn, self.stride_ph, self.stride_pln, self.stride_plh = stride_pn, stride_ph, stride_pln, stride_plh
         self.pid_h, self.group_size, self.q_start, self.num_rows = pid_h, group_size, q_start, num_rows
         self.first_row, self.q_offset, self.kv_len, self.lo, self.hi = first_row, q_offset, kv_len, lo, hi
-        self.n_tiles, self.slot, self.qk_scale = n_tiles, slot, qk_scale
+        self.n_tiles, self.slot, self.qk_scale, self.v_scale = n_tiles, slot, qk_scale, v_scale
         self.HEAD_DIM, self.BLOCK_N, self.STAGES = gl.constexpr(HEAD_DIM), gl.constexpr(BLOCK_N), gl.constexpr(STAGES)
         self.IS_CAUSAL, self.WRITE_LSE = gl.constexpr(IS_CAUSAL), gl.constexpr(WRITE_LSE)
-        self.HAS_PARTIALS = gl.constexpr(HAS_PARTIALS)
+        self.HAS_PARTIALS, self.FP8 = gl.constexpr(HAS_PARTIALS), gl.constexpr(FP8)
 
 
 @gluon.jit
@@ -133,7 +139,12 @@ def _ws_producer(a: _WsArgs, paging, PAGE_SIZE: gl.constexpr):
         mbarrier.wait(a.k_empty.index(s), phase, pred=refill)
         _copy_tile(a.k_desc, a.k_smem.index(s), a.k_ready.index(s), row, a.kv_len, paging, 1, a.BLOCK_N, PAGE_SIZE)
         mbarrier.wait(a.v_empty.index(s), phase, pred=refill)
-        _copy_tile(a.v_desc, a.v_smem.index(s), a.v_ready.index(s), row, a.kv_len, paging, 2, a.BLOCK_N, PAGE_SIZE)
+        if a.FP8:  # V^T [head dim, kv] of the request, zeros past kv_len
+            mbarrier.expect(a.v_ready.index(s), a.v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a.v_desc, [0, row], a.v_ready.index(s), a.v_smem.index(s))
+        else:
+            _copy_tile(a.v_desc, a.v_smem.index(s), a.v_ready.index(s), row, a.kv_len, paging, 2, a.BLOCK_N,
+                       PAGE_SIZE)
 
 
 @gluon.jit
@@ -167,11 +178,12 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     BLOCK_N: gl.constexpr = a.BLOCK_N
     HEAD_DIM: gl.constexpr = a.HEAD_DIM
     STAGES: gl.constexpr = a.STAGES
+    MMA_K: gl.constexpr = 32 if a.FP8 else 16  # wgmma's K: 32 bytes
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
+                                                       instr_shape=[16, BLOCK_N, MMA_K])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+                                                       instr_shape=[16, HEAD_DIM, MMA_K])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4 if a.FP8 else 2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -205,35 +217,35 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
         mbarrier.arrive(a.k_empty.index(0), count=1)
         s = _mask(s, a.lo, seen_by_all, a.hi, q_pos, a.IS_CAUSAL, BLOCK_N, col_s)
         m_i, l_i, alpha, p = _softmax(s, m_i, l_i, a.qk_scale)
-        p = gl.convert_layout(p.to(dtype), p_layout)
+        p = _p_operand(p, dtype, p_layout, a.FP8)
         for j in range(1, n_tiles):
             ks = j % STAGES
             vs = (j - 1) % STAGES
             mbarrier.wait(a.k_ready.index(ks), (j // STAGES) & 1)
             mbarrier.wait(a.v_ready.index(vs), ((j - 1) // STAGES) & 1)
             s = warpgroup_mma(q_smem, a.k_smem.index(ks).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            acc = warpgroup_mma(p, a.v_smem.index(vs), acc, is_async=True)
+            acc = warpgroup_mma(p, _v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
             mbarrier.arrive(a.k_empty.index(ks), count=1)
             s = _mask(s, a.lo + j * BLOCK_N, seen_by_all, a.hi, q_pos, a.IS_CAUSAL, BLOCK_N, col_s)
             m_i, l_i, alpha, p_new = _softmax(s, m_i, l_i, a.qk_scale)
-            acc, p = warpgroup_mma_wait(0, deps=(acc, p))  # p stays live until its wgmma is done
+            acc, p = _pv_wait(acc, p, a.FP8)
             mbarrier.arrive(a.v_empty.index(vs), count=1)
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            p = gl.convert_layout(p_new.to(dtype), p_layout)
+            p = _p_operand(p_new, dtype, p_layout, a.FP8)
         last = n_tiles - 1
         mbarrier.wait(a.v_ready.index(last % STAGES), (last // STAGES) & 1)
-        if PAGE_SIZE > 0:  # rows past kv_len hold whatever the cache has there: no 0 * NaN in P V
+        if PAGE_SIZE > 0 and not a.FP8:  # rows past kv_len hold whatever the cache has: no 0 * NaN in P V
             _zero_tail(a.v_smem.index(last % STAGES), a.kv_len - (a.lo + last * BLOCK_N), BLOCK_N, HEAD_DIM)
-        acc = warpgroup_mma(p, a.v_smem.index(last % STAGES), acc, is_async=True)
-        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+        acc = warpgroup_mma(p, _v_operand(a.v_smem.index(last % STAGES), a.FP8), acc, is_async=True)
+        acc, p = _pv_wait(acc, p, a.FP8)
         mbarrier.arrive(a.v_empty.index(last % STAGES), count=1)
 
-    # Finalize: out = acc / l (0 for rows that saw nothing), lse = m + log2 l (-inf for them).
+    # Finalize: out = acc v_scale / l (0 for rows that saw nothing), lse = m + log2 l (-inf for them).
     empty = l_i == 0.0
     l_safe = gl.where(empty, 1.0, l_i)
     lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
-    out = acc * gl.convert_layout(1.0 / l_safe, row_o)[:, None]
+    out = acc * gl.convert_layout(a.v_scale / l_safe, row_o)[:, None]
     offs_mo = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
     mask_m = offs_mo < a.num_rows
@@ -252,6 +264,49 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     else:
         _store(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
                offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
+
+
+@gluon.jit
+def _vt_column(kv_start, req, PAGE_SIZE: gl.constexpr):
+    """First V^T column of a request (kernels/transpose.py vt_column, the same formula)."""
+    TOKENS_PER_ENTRY: gl.constexpr = PAGE_SIZE if PAGE_SIZE > 0 else 1
+    return (kv_start * TOKENS_PER_ENTRY + 15) // 16 * 16 + 32 * req
+
+
+@gluon.jit
+def _p_operand(p, dtype: gl.constexpr, p_layout: gl.constexpr, FP8: gl.constexpr):
+    """P [64, BLOCK_N] (S's accumulator layout) as P V's register operand. For fp8 the columns
+    are reordered so that each thread's values are already where the operand wants them: in
+    every 16 columns, column g 8 + 2 t + j (the accumulator: chunk g, lane t mod 4, register j)
+    becomes 4 t + 2 g + j (the fp8 operand's 4 bytes per register); V^T's columns are stored in
+    that order (kernels/transpose.py)."""
+    p = p.to(dtype)
+    if FP8:
+        BLOCK_N: gl.constexpr = p.shape[1]
+        p = p.reshape([64, BLOCK_N // 16, 2, 4, 2]).permute((0, 1, 3, 2, 4)).reshape([64, BLOCK_N])
+    return gl.convert_layout(p, p_layout)
+
+
+@gluon.jit
+def _pv_wait(acc, p, FP8: gl.constexpr):
+    """Wait for P V. p, its register operand, stays live until then; an 8-bit p cannot be a
+    dependency of the wait (Triton 3.6), and ptxas itself keeps an in-flight wgmma's registers
+    (it would serialise the wgmma and warn; sm_90 ptxas gives no such warning for this kernel)."""
+    if FP8:
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+    else:
+        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
+    return acc, p
+
+
+@gluon.jit
+def _v_operand(v_tile, FP8: gl.constexpr):
+    """P V's B operand, [BLOCK_N, HEAD_DIM]: the V tile, or for fp8 (whose wgmma reads both
+    operands K-major) the V^T tile [HEAD_DIM, BLOCK_N] seen transposed."""
+    if FP8:
+        return v_tile.permute((1, 0))
+    else:
+        return v_tile
 
 
 @gluon.jit
@@ -280,18 +335,21 @@ def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_
 def prefill_ws_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
+    vt_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_on, stride_oh, stride_ln, stride_lh,
-    stride_w, stride_pn, stride_ph, stride_pln, stride_plh,
-    group_size, num_pages, qk_scale,
+    stride_w, stride_pn, stride_ph, stride_pln, stride_plh, stride_vth, stride_vtd,
+    group_size, num_pages, qk_scale, v_scale,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PAGE_SIZE: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
+    FP8: gl.constexpr = dtype.is_fp8()
     WGS: gl.constexpr = BLOCK_M // 64
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    vt_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HEAD_DIM, BLOCK_N], dtype)
 
     pid_h = gl.program_id(1)
     w = gl.program_id(0)
@@ -316,7 +374,10 @@ def prefill_ws_kernel(
 
     q_smem = gl.allocate_shared_memory(dtype, [WGS, 64, HEAD_DIM], q_smem_layout)  # filled by the consumers
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
+    if FP8:
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, HEAD_DIM, BLOCK_N], vt_smem_layout)
+    else:
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -332,24 +393,33 @@ def prefill_ws_kernel(
     if PAGE_SIZE == 0:  # the request's K/V: rows past kv_len read zeros
         k_desc = tma.make_tensor_descriptor(k_ptr + kv_start.to(gl.int64) * stride_kn + h64 * stride_kh,
                                             [kv_len, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
-        v_desc = tma.make_tensor_descriptor(v_ptr + kv_start.to(gl.int64) * stride_vn + h64 * stride_vh,
-                                            [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
+        if not FP8:
+            v_desc = tma.make_tensor_descriptor(v_ptr + kv_start.to(gl.int64) * stride_vn + h64 * stride_vh,
+                                                [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM],
+                                                kv_smem_layout)
         paging = (kv_indices_ptr, 0, 0)  # unused
     else:  # the whole cache of this KV head as rows: page p's token t is row p * (page stride / token stride) + t
         k_rows = stride_kpage // stride_kn
         v_rows = stride_vpage // stride_vn
         k_desc = tma.make_tensor_descriptor(k_ptr + h64 * stride_kh, [(num_pages - 1) * k_rows + PAGE_SIZE, HEAD_DIM],
                                             [stride_kn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
-        v_desc = tma.make_tensor_descriptor(v_ptr + h64 * stride_vh, [(num_pages - 1) * v_rows + PAGE_SIZE, HEAD_DIM],
-                                            [stride_vn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
+        if not FP8:
+            v_desc = tma.make_tensor_descriptor(v_ptr + h64 * stride_vh,
+                                                [(num_pages - 1) * v_rows + PAGE_SIZE, HEAD_DIM],
+                                                [stride_vn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
         paging = (kv_indices_ptr + kv_start, k_rows, v_rows)
+    if FP8:  # V^T of the request, its columns in P's order (kernels/transpose.py); zeros past kv_len
+        v_desc = tma.make_tensor_descriptor(vt_ptr + h64 * stride_vth + _vt_column(kv_start, req, PAGE_SIZE),
+                                            [HEAD_DIM, (kv_len + 15) // 16 * 16], [stride_vtd, 1], [HEAD_DIM, BLOCK_N],
+                                            vt_smem_layout)
     ptrs = (q_ptr, gl.to_tensor(stride_qn), gl.to_tensor(stride_qh), o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
             part_indptr_ptr)
     a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on),
                 gl.to_tensor(stride_oh), gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn),
                 gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h,
                 gl.to_tensor(group_size), q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot,
-                gl.to_tensor(qk_scale), HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS)
+                gl.to_tensor(qk_scale), gl.to_tensor(v_scale), HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE,
+                HAS_PARTIALS, FP8)
     if WGS == 2:
         gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_consumer, (a, ptrs, 1, PAGE_SIZE)),
                             (_ws_producer, (a, paging, PAGE_SIZE))], [4, 1], [CONSUMER_REGS, 24])
