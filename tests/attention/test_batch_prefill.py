@@ -267,53 +267,58 @@ def test_cuda_graph_mode_replans(paged, device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [BF16, E4M3], ids=["bf16", "fp8"])
 @pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
-def test_cuda_graph_replay_after_replan(paged, device):
+def test_cuda_graph_replay_after_replan(paged, dtype, device):
     """Capture run() under plan A, re-plan B (other lengths, same batch, no more tokens, the
-    same K/V storage; B splits its long KV), replay, compare B with the reference."""
+    same K/V storage; B splits its long KV, and its requests are longer than A's, which an fp8
+    plan on the Gluon kernel transposes with A's grid), replay, compare B with the reference."""
     h_qo, h_kv, d, page, rows = 8, 2, 64, 16, 200
     qo_a, kv_a = [64, 100, 36], [64, 100, 36]
     qo_b, kv_b = [10, 150, 1], [900, 150, 2000]
+    fp8 = dtype == E4M3
+    o_dtype, types = (F16 if fp8 else BF16), dict(q_data_type=dtype, kv_data_type=dtype)
     w = _graph_wrapper(paged, 3, 256, device)
-    qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_b]
-    q = torch.randn(rows, h_qo, d, device=device).to(BF16)
+    qs = [torch.randn(n, h_qo, d, device=device).to(dtype) for n in qo_b]
+    q = torch.randn(rows, h_qo, d, device=device).to(dtype)
     if paged:
-        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_b, h_kv, d, page, BF16, device)
+        cache, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_b, h_kv, d, page, dtype, device)
         pages_a = [(n + page - 1) // page for n in kv_a]
         indices_a = torch.cat([indices[indptr[b]: indptr[b] + pages_a[b]] for b in range(3)])
         w.plan(_i32(_indptr(qo_a), device), _i32(_indptr(pages_a), device), indices_a,
                _i32([n - (p - 1) * page for n, p in zip(kv_a, pages_a)], device), h_qo, h_kv, d, page,
-               causal=True, q_data_type=BF16)
+               causal=True, **types)
         args = (cache,)
     else:
-        ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_b]
-        vs = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_b]
+        ks = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_b]
+        vs = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_b]
+        kv_scale = 1.0
         args = (torch.cat(ks), torch.cat(vs))
-        w.plan(_i32(_indptr(qo_a), device), _i32(_indptr(kv_a), device), h_qo, h_kv, d, causal=True,
-               q_data_type=BF16)
-    out = torch.full((rows, h_qo, d), float("nan"), dtype=BF16, device=device)
+        w.plan(_i32(_indptr(qo_a), device), _i32(_indptr(kv_a), device), h_qo, h_kv, d, causal=True, **types)
+    scales = dict(k_scale=kv_scale, v_scale=kv_scale) if fp8 else {}
+    out = torch.full((rows, h_qo, d), float("nan"), dtype=o_dtype, device=device)
     lse = torch.full((rows, h_qo), float("nan"), device=device)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(2):
-            w.run(q, *args, out=out, lse=lse, return_lse=True)
+            w.run(q, *args, out=out, lse=lse, return_lse=True, **scales)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        w.run(q, *args, out=out, lse=lse, return_lse=True)
+        w.run(q, *args, out=out, lse=lse, return_lse=True, **scales)
     if paged:
-        w.plan(_i32(_indptr(qo_b), device), indptr, indices, last, h_qo, h_kv, d, page, causal=True,
-               q_data_type=BF16)
+        w.plan(_i32(_indptr(qo_b), device), indptr, indices, last, h_qo, h_kv, d, page, causal=True, **types)
     else:
-        w.plan(_i32(_indptr(qo_b), device), _i32(_indptr(kv_b), device), h_qo, h_kv, d, causal=True,
-               q_data_type=BF16)
+        w.plan(_i32(_indptr(qo_b), device), _i32(_indptr(kv_b), device), h_qo, h_kv, d, causal=True, **types)
     assert w.plan_value.num_partials > 0, "plan B should split its long KV"
+    assert (w.plan_value.v_t is not None) == (fp8 and _sm90())
     q[: sum(qo_b)] = torch.cat(qs)
     out.fill_(float("nan"))
     g.replay()
     torch.cuda.synchronize()
-    _check(out, lse, qs, ks, vs, BF16, causal=True)
+    _check(out, lse, [x.float() for x in qs] if fp8 else qs, ks, vs, F16 if fp8 else BF16, causal=True,
+           p_dtype=E4M3 if w.plan_value.v_t is not None else None, **scales)
 
 
 def test_fp8_q_prefill(device):
@@ -450,12 +455,13 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
 
 
-@pytest.mark.parametrize("page", [0, 16, 5], ids=["ragged", "p16", "p5"])
-def test_write_vt(page, device):
+@pytest.mark.parametrize("page,grid_kv", [(0, None), (16, None), (5, 1)], ids=["ragged", "p16", "p5-looped"])
+def test_write_vt(page, grid_kv, device):
     """The fp8 Hopper path's V^T pass: each request's V transposed into its columns (16-aligned,
-    a gap of 32 after each request), in P's column order within 16, zeros up to the next 16."""
+    a gap of 32 after each request), in P's column order within 16, zeros up to the next 16.
+    looped: a grid sized for shorter requests (a CUDA graph's first plan) still covers them."""
     from pyflashinfer.attention.launch import vt_columns, write_vt
-    kv_lens, h_kv, d = [0, 37, 16, 70], 2, 64
+    kv_lens, h_kv, d = [0, 37, 16, 300], 2, 64
     if page:
         cache, (indptr, indices, _), _, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device)
         v, strides, starts = cache[1], (cache[1].stride(0), cache[1].stride(1), cache[1].stride(2)), indptr
@@ -465,7 +471,7 @@ def test_write_vt(page, device):
         v, indices = torch.cat(vs), None
         strides, starts, tokens = (0, v.stride(0), v.stride(1)), _i32(_indptr(kv_lens), device), sum(kv_lens)
     vt = torch.full((h_kv, d, vt_columns(tokens, len(kv_lens))), float("nan"), device=device).to(E4M3)
-    write_vt(vt, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens), max(kv_lens))
+    write_vt(vt, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens), grid_kv or max(kv_lens))
     perm16 = [4 * (c // 2 % 4) + 2 * (c // 8) + c % 2 for c in range(16)]
     for b, n in enumerate(kv_lens):
         base = (int(starts[b]) * max(page, 1) + 15) // 16 * 16 + 32 * b

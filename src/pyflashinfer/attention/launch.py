@@ -136,7 +136,7 @@ def write_vt(vt: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor, kv_indpt
     (kv_indptr into kv_indices); seq_lens [batch] in tokens; v_strides (page, token, head) in
     elements. Returns the launch's Replay."""
     vp, vn, vh = v_strides
-    grid = (batch, triton.cdiv(max_kv_len, _VT_BLOCK_T), vt.shape[0])
+    grid = (batch, max(1, triton.cdiv(max_kv_len, _VT_BLOCK_T)), vt.shape[0])
     return launch(transpose_v_kernel, grid, num_warps=4, num_stages=1, v_ptr=v, vt_ptr=vt, seq_lens_ptr=seq_lens,
                   kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, stride_vpage=vp, stride_vn=vn, stride_vh=vh,
                   stride_vth=vt.stride(0), stride_vtd=vt.stride(1), HEAD_DIM=vt.shape[1], BLOCK_T=_VT_BLOCK_T,

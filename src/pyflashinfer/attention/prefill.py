@@ -171,11 +171,10 @@ class _BatchPrefillWrapper:
             num_partials=num_partials, total_qo=total_qo, total_kv=int(kv_indptr_h[-1]), buffer=buf,
             part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr,
             max_kv_len=int(seq_lens_h.max()) if batch else 0)
-        if graph is None and q_dtype in V.FP8_TYPES and hopper_covers(self._plan, self._device, self._backend):
+        if q_dtype in V.FP8_TYPES and hopper_covers(self._plan, self._device, self._backend):
             # fp8 P V on the Gluon kernel reads V transposed: the launch writes it here first
-            tokens = int(kv_indptr_h[-1]) * max(page_size, 1)
-            self._plan = dataclasses.replace(self._plan, v_t=torch.empty(
-                num_kv_heads, head_dim_vo, vt_columns(tokens, batch), dtype=kv_dtype, device=self._device))
+            self._plan = dataclasses.replace(self._plan, v_t=self._v_t(
+                vt_columns(int(kv_indptr_h[-1]) * max(page_size, 1), batch), num_kv_heads, head_dim_vo, kv_dtype))
         if graph is not None:
             self._alibi = graph["alibi"]
         else:
@@ -192,6 +191,26 @@ class _BatchPrefillWrapper:
         ws = self._workspace.view(torch.uint8)[:need].view(torch.float32)
         return (ws[: rows * num_qo_heads * head_dim_vo].view(rows, num_qo_heads, head_dim_vo),
                 ws[rows * num_qo_heads * head_dim_vo:].view(rows, num_qo_heads))
+
+    def _v_t(self, columns: int, num_kv_heads: int, head_dim_vo: int, dtype: torch.dtype) -> torch.Tensor:
+        """V^T [H_kv, D_vo, columns] of an fp8 plan on the Gluon kernel. In CUDA-graph mode the
+        float workspace after the partial states holds it, as many columns as fit, fixed by the
+        first plan (the captured launch keeps its address and stride)."""
+        if self._graph is None:
+            return torch.empty(num_kv_heads, head_dim_vo, columns, dtype=dtype, device=self._device)
+        if "v_t" not in self._graph:
+            part_lse = self._graph["partials"][1]
+            ws = self._workspace.view(torch.uint8)
+            start = (part_lse.data_ptr() + part_lse.numel() * 4 - ws.data_ptr() + 127) // 128 * 128
+            fit = (ws.numel() - start) // (num_kv_heads * head_dim_vo) // 16 * 16
+            self._graph["v_t"] = ws[start: start + num_kv_heads * head_dim_vo * fit].view(dtype).view(
+                num_kv_heads, head_dim_vo, fit)
+        v_t = self._graph["v_t"]
+        if columns > v_t.shape[2]:
+            raise ValueError(f"float_workspace_buffer: this fp8 plan's transposed V needs {columns} columns of "
+                             f"{num_kv_heads * head_dim_vo} bytes, the CUDA-graph workspace holds {v_t.shape[2]} after "
+                             "the partial states; pass a larger buffer")
+        return v_t
 
     def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode):
         """CUDA-graph mode: what the first plan fixes for every later one (None in eager mode).
@@ -298,8 +317,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
 
     backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
     (launch.hopper_prefill: 16-bit or fp8 e4m3 q/k/v, head dim 64/128, no mask/window/soft
-    cap/RoPE/ALiBi/sinks; fp8 only outside CUDA-graph mode, for the plan holds the V^T it writes;
-    for the paged wrapper, pages of 8-64 tokens)
+    cap/RoPE/ALiBi/sinks; for the paged wrapper, pages of 8-64 tokens; an fp8 plan holds the
+    transposed V it writes, in CUDA-graph mode in the float workspace after the partial states)
     and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's
     other names are accepted and mean "auto".
     """

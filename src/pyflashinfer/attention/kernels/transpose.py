@@ -27,26 +27,26 @@ def transpose_v_kernel(
     stride_vpage, stride_vn, stride_vh, stride_vth, stride_vtd,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):
-    """Program (request, column tile, KV head): V^T columns [BLOCK_T] of the request, each read
-    as one V row (the token that P's order puts there) and written as contiguous bytes."""
+    """Programs (request, p, KV head): V^T column tiles p, p + P, ... (P programs on axis 1) of
+    the request, each column read as one V row (the token that P's order puts there) and the
+    tile written as contiguous bytes. A CUDA graph replays the grid of its first plan; the loop
+    covers a later plan's longer requests."""
     req = tl.program_id(0)
-    pid_t = tl.program_id(1)
     pid_h = tl.program_id(2).to(tl.int64)
     kv_len = tl.load(seq_lens_ptr + req)
-    if pid_t * BLOCK_T >= kv_len:
-        return
     kv_start = tl.load(kv_indptr_ptr + req)
-    offs_c = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # columns of the request
-    low = offs_c % 16  # = 4 i + 2 g + j: the token 8 g + 2 i + j of these 16
-    offs_t = offs_c - low + low // 2 % 2 * 8 + low // 4 * 2 + low % 2
+    col0 = tl.multiple_of(vt_column(kv_start, req, PAGE_SIZE), 16)
     offs_d = tl.arange(0, HEAD_DIM)
-    mask_t = offs_t < kv_len
-    if PAGE_SIZE == 0:
-        rows = (kv_start + offs_t).to(tl.int64) * stride_vn
-    else:
-        page = tl.load(kv_indices_ptr + kv_start + offs_t // PAGE_SIZE, mask=mask_t, other=0).to(tl.int64)
-        rows = page * stride_vpage + (offs_t % PAGE_SIZE) * stride_vn
-    v = tl.load(v_ptr + pid_h * stride_vh + rows[:, None] + offs_d[None, :], mask=mask_t[:, None], other=0.0)
-    cols = tl.multiple_of(vt_column(kv_start, req, PAGE_SIZE), 16) + offs_c
-    tl.store(vt_ptr + pid_h * stride_vth + offs_d[:, None] * stride_vtd + cols[None, :], tl.trans(v),
-             mask=(offs_c < (kv_len + 15) // 16 * 16)[None, :])
+    for c in range(tl.program_id(1) * BLOCK_T, kv_len, tl.num_programs(1) * BLOCK_T):
+        offs_c = c + tl.arange(0, BLOCK_T)  # columns of the request
+        low = offs_c % 16  # = 4 i + 2 g + j: the token 8 g + 2 i + j of these 16
+        offs_t = offs_c - low + low // 2 % 2 * 8 + low // 4 * 2 + low % 2
+        mask_t = offs_t < kv_len
+        if PAGE_SIZE == 0:
+            rows = (kv_start + offs_t).to(tl.int64) * stride_vn
+        else:
+            page = tl.load(kv_indices_ptr + kv_start + offs_t // PAGE_SIZE, mask=mask_t, other=0).to(tl.int64)
+            rows = page * stride_vpage + (offs_t % PAGE_SIZE) * stride_vn
+        v = tl.load(v_ptr + pid_h * stride_vh + rows[:, None] + offs_d[None, :], mask=mask_t[:, None], other=0.0)
+        tl.store(vt_ptr + pid_h * stride_vth + offs_d[:, None] * stride_vtd + (col0 + offs_c)[None, :], tl.trans(v),
+                 mask=(offs_c < (kv_len + 15) // 16 * 16)[None, :])
