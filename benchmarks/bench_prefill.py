@@ -8,7 +8,8 @@ Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs
 the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
 tl.dot kernel) and the paged batch wrapper (page 16, pages scattered; on sm_90 the Gluon
 kernel; again with backend="fa2"), then the same in fp8 e4m3 q/k/v (scales 1, bf16 output):
-single, ragged (Gluon, fa2) and paged (Gluon), against torch
+single, ragged (Gluon, fa2) and paged (Gluon), and bf16 q over the paged cache in fp8 (Gluon
+through its dequantized copy, fa2), against torch
 SDPA (cuDNN, flash; batched [B, H, L, D], GQA heads expanded outside the timed region) and
 compiled FlexAttention in the same run, timed from the host (events around a call started from an
 idle GPU) and per call inside a CUDA graph. The first call of each path is timed from the host
@@ -119,6 +120,10 @@ def bench(w, ws, rows):
     paged8 = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
     paged8.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16, causal=True,
                 q_data_type=e4m3, kv_data_type=e4m3, o_data_type=dt)
+    paged_kv8, paged_kv8_portable = (flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, backend=b) for b in ("auto", "fa2"))
+    for wr in (paged_kv8, paged_kv8_portable):
+        wr.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16, causal=True,
+                q_data_type=dt, kv_data_type=e4m3)
 
     paths = [("single (per request)", single, lambda o: o),
              ("ragged wrapper", lambda: ragged.run(q_cat, k_cat, v_cat), lambda o: o[-w.seq:]),
@@ -130,13 +135,17 @@ def bench(w, ws, rows):
               ("ragged wrapper fp8 q/k/v", lambda: ragged8.run(q8_cat, k8_cat, v8_cat), lambda o: o[-w.seq:]),
               ("ragged wrapper fp8 q/k/v, portable kernel (fa2)", lambda: portable8.run(q8_cat, k8_cat, v8_cat),
                lambda o: o[-w.seq:]),
-              ("paged wrapper p16 fp8 q/k/v", lambda: paged8.run(q8_cat, cache8), lambda o: o[-w.seq:])]
+              ("paged wrapper p16 fp8 q/k/v", lambda: paged8.run(q8_cat, cache8), lambda o: o[-w.seq:]),
+              ("paged wrapper p16 fp8 KV (bf16 q)", lambda: paged_kv8.run(q_cat, cache8), lambda o: o[-w.seq:]),
+              ("paged wrapper p16 fp8 KV (bf16 q), portable kernel (fa2)", lambda: paged_kv8_portable.run(q_cat, cache8),
+               lambda o: o[-w.seq:])]
     # fp8 plans on the Gluon kernel multiply fp8 P (they hold V^T): their reference rounds P too
     fp8_p = {label for label, wr in (("ragged wrapper fp8 q/k/v", ragged8), ("paged wrapper p16 fp8 q/k/v", paged8))
              if wr.plan_value.v_t is not None}
     for label, fn, last_req in paths:
         out, first = _first_call(fn)
-        ref_in = (q8s, k8s, v8s) if "fp8" in label else (qs, ks, vs)  # the fp8 values, dequantised
+        # the fp8 values, dequantised
+        ref_in = (qs, k8s, v8s) if "fp8 KV" in label else (q8s, k8s, v8s) if "fp8" in label else (qs, ks, vs)
         err = _check(f"{w.name} {label}", last_req(out), *(t[-1].to(torch.bfloat16) for t in ref_in),
                      p_dtype=e4m3 if label in fp8_p else None)
         t = time_host(fn)

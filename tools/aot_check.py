@@ -137,7 +137,7 @@ def gluon_variants() -> list[dict]:
     """The Gluon Hopper prefill kernel never runs under the interpreter, so no test run records
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
     with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64;
-    fp8 e4m3, ragged and paged)."""
+    fp8 e4m3, ragged and paged; 16-bit q over a dequantized fp8 KV)."""
     import itertools
 
     from pyflashinfer.attention import batch_launch
@@ -147,8 +147,11 @@ def gluon_variants() -> list[dict]:
             itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",), (0,)),
             [(128, 128, True, False, "fp16", 0), (128, 128, True, False, "bf16", 16), (64, 64, False, True, "bf16", 64)],
             [(128, 128, True, False, "fp8e4nv", 0), (128, 128, True, True, "fp8e4nv", 16),
-             (64, 64, False, True, "fp8e4nv", 0), (64, 128, False, False, "fp8e4nv", 64)]):
+             (64, 64, False, True, "fp8e4nv", 0), (64, 128, False, False, "fp8e4nv", 64)],
+            [(128, 128, True, True, "bf16", "dq16"), (64, 64, False, False, "fp16", "dq0")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
+        # "dqN": 16-bit q over an fp8 KV of pages of N tokens (0: ragged), read from its dequantized copy
+        dequant_page, page = (int(page[2:]), 0) if isinstance(page, str) else (-1, page)
         if page:
             sig["kv_indices_ptr"] = "*i32"
         else:
@@ -169,7 +172,7 @@ def gluon_variants() -> list[dict]:
         consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N,
                       STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
-                      PAGE_SIZE=page)
+                      PAGE_SIZE=page, DEQUANT_PAGE=dequant_page)
         sig.update({n: "constexpr" for n in consts})
         out.append({"module": kernel.fn.__module__, "name": "prefill_ws_kernel", "signature": sig,
                     "constexprs": consts, "attrs": {n: "D" for n, t in sig.items() if t.startswith("*")},

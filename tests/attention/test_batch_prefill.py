@@ -267,22 +267,23 @@ def test_cuda_graph_mode_replans(paged, device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [BF16, E4M3], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("dtype,kv_dtype", [(BF16, BF16), (E4M3, E4M3), (BF16, E4M3)],
+                         ids=["bf16", "fp8", "bf16-fp8kv"])
 @pytest.mark.parametrize("paged", [False, True], ids=["ragged", "paged-p16"])
-def test_cuda_graph_replay_after_replan(paged, dtype, device):
+def test_cuda_graph_replay_after_replan(paged, dtype, kv_dtype, device):
     """Capture run() under plan A, re-plan B (other lengths, same batch, no more tokens, the
-    same K/V storage; B splits its long KV, and its requests are longer than A's, which an fp8
-    plan on the Gluon kernel transposes with A's grid), replay, compare B with the reference."""
+    same K/V storage; B splits its long KV, and its requests are longer than A's, which the
+    fp8 pre-passes of the Gluon kernel cover with A's grid), replay, compare B with the reference."""
     h_qo, h_kv, d, page, rows = 8, 2, 64, 16, 200
     qo_a, kv_a = [64, 100, 36], [64, 100, 36]
     qo_b, kv_b = [10, 150, 1], [900, 150, 2000]
-    fp8 = dtype == E4M3
-    o_dtype, types = (F16 if fp8 else BF16), dict(q_data_type=dtype, kv_data_type=dtype)
+    fp8, fp8_kv = dtype == E4M3, kv_dtype == E4M3
+    o_dtype, types = (F16 if fp8 else BF16), dict(q_data_type=dtype, kv_data_type=kv_dtype)
     w = _graph_wrapper(paged, 3, 256, device)
     qs = [torch.randn(n, h_qo, d, device=device).to(dtype) for n in qo_b]
     q = torch.randn(rows, h_qo, d, device=device).to(dtype)
     if paged:
-        cache, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_b, h_kv, d, page, dtype, device)
+        cache, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_b, h_kv, d, page, kv_dtype, device)
         pages_a = [(n + page - 1) // page for n in kv_a]
         indices_a = torch.cat([indices[indptr[b]: indptr[b] + pages_a[b]] for b in range(3)])
         w.plan(_i32(_indptr(qo_a), device), _i32(_indptr(pages_a), device), indices_a,
@@ -290,12 +291,12 @@ def test_cuda_graph_replay_after_replan(paged, dtype, device):
                causal=True, **types)
         args = (cache,)
     else:
-        ks = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_b]
-        vs = [torch.randn(n, h_kv, d, device=device).to(dtype) for n in kv_b]
+        ks = [torch.randn(n, h_kv, d, device=device).to(kv_dtype) for n in kv_b]
+        vs = [torch.randn(n, h_kv, d, device=device).to(kv_dtype) for n in kv_b]
         kv_scale = 1.0
         args = (torch.cat(ks), torch.cat(vs))
         w.plan(_i32(_indptr(qo_a), device), _i32(_indptr(kv_a), device), h_qo, h_kv, d, causal=True, **types)
-    scales = dict(k_scale=kv_scale, v_scale=kv_scale) if fp8 else {}
+    scales = dict(k_scale=kv_scale, v_scale=kv_scale) if fp8_kv else {}
     out = torch.full((rows, h_qo, d), float("nan"), dtype=o_dtype, device=device)
     lse = torch.full((rows, h_qo), float("nan"), device=device)
     s = torch.cuda.Stream()
@@ -313,6 +314,7 @@ def test_cuda_graph_replay_after_replan(paged, dtype, device):
         w.plan(_i32(_indptr(qo_b), device), _i32(_indptr(kv_b), device), h_qo, h_kv, d, causal=True, **types)
     assert w.plan_value.num_partials > 0, "plan B should split its long KV"
     assert (w.plan_value.v_t is not None) == (fp8 and _sm90())
+    assert (w.plan_value.kv_dq is not None) == (fp8_kv and not fp8 and _sm90())
     q[: sum(qo_b)] = torch.cat(qs)
     out.fill_(float("nan"))
     g.replay()
@@ -460,7 +462,7 @@ def test_write_vt(page, grid_kv, device):
     """The fp8 Hopper path's V^T pass: each request's V transposed into its columns (16-aligned,
     a gap of 32 after each request), in P's column order within 16, zeros up to the next 16.
     looped: a grid sized for shorter requests (a CUDA graph's first plan) still covers them."""
-    from pyflashinfer.attention.launch import vt_columns, write_vt
+    from pyflashinfer.attention.launch import prepass_len, write_vt
     kv_lens, h_kv, d = [0, 37, 16, 300], 2, 64
     if page:
         cache, (indptr, indices, _), _, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device)
@@ -470,7 +472,7 @@ def test_write_vt(page, grid_kv, device):
         vs = [torch.randn(n, h_kv, d, device=device).to(E4M3) for n in kv_lens]
         v, indices = torch.cat(vs), None
         strides, starts, tokens = (0, v.stride(0), v.stride(1)), _i32(_indptr(kv_lens), device), sum(kv_lens)
-    vt = torch.full((h_kv, d, vt_columns(tokens, len(kv_lens))), float("nan"), device=device).to(E4M3)
+    vt = torch.full((h_kv, d, prepass_len(tokens, len(kv_lens))), float("nan"), device=device).to(E4M3)
     write_vt(vt, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens), grid_kv or max(kv_lens))
     perm16 = [4 * (c // 2 % 4) + 2 * (c // 8) + c % 2 for c in range(16)]
     for b, n in enumerate(kv_lens):
@@ -481,6 +483,33 @@ def test_write_vt(page, grid_kv, device):
         assert torch.equal(vt[:, :, cols.to(device)].float().cpu(), want.cpu()), f"request {b}"
 
 
+@pytest.mark.parametrize("page,grid_kv", [(0, 1), (16, None)], ids=["ragged-looped", "p16"])
+def test_dequant_kv(page, grid_kv, device):
+    """The pass that lets 16-bit q read an fp8 KV on the Hopper kernel: each request's K and V
+    in q's dtype, at its rows (16-aligned, a gap of 32 after each request)."""
+    from pyflashinfer.attention.launch import dequant_kv, prepass_len
+    kv_lens, h_kv, d = [0, 37, 200, 16], 2, 64
+    if page:
+        cache, (indptr, indices, _), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device)
+        k, v = cache[0], cache[1]
+        strides = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
+        starts, tokens = indptr, int(indptr[-1]) * page
+    else:
+        ks = [torch.randn(n, h_kv, d, device=device).to(E4M3) for n in kv_lens]
+        vs = [torch.randn(n, h_kv, d, device=device).to(E4M3) for n in kv_lens]
+        k, v, indices = torch.cat(ks), torch.cat(vs), None
+        strides = (0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1))
+        starts, tokens = _i32(_indptr(kv_lens), device), sum(kv_lens)
+    n = prepass_len(tokens, len(kv_lens))
+    kd, vd = (torch.full((n, h_kv, d), float("nan"), dtype=BF16, device=device) for _ in range(2))
+    dequant_kv(kd, vd, k, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens),
+               grid_kv or max(kv_lens))
+    for b, length in enumerate(kv_lens):
+        base = (int(starts[b]) * max(page, 1) + 15) // 16 * 16 + 32 * b
+        assert torch.equal(kd[base: base + length].float().cpu(), ks[b].float().cpu()), f"k of request {b}"
+        assert torch.equal(vd[base: base + length].float().cpu(), vs[b].float().cpu()), f"v of request {b}"
+
+
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size, causal): fp8 e4m3 q/k/v on the Gluon
 # kernel, ragged and paged, with a split long KV and empty requests.
 HOPPER_FP8 = [
@@ -489,6 +518,44 @@ HOPPER_FP8 = [
     ("p16-g1-d128-causal", [129, 64, 0], [1000, 64, 30], 4, 4, 128, 16, True),
     ("p8-g5-d64-chunked-split", [20, 7], [3333, 7], 10, 2, 64, 8, True),
 ]
+
+
+@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.parametrize("case", HOPPER_FP8[:1] + HOPPER_FP8[2:], ids=[c[0] for c in HOPPER_FP8[:1] + HOPPER_FP8[2:]])
+def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
+    """bf16 q over an fp8 e4m3 KV with scales: on the Gluon kernel through the dequantized copy
+    in the float workspace; with a workspace too small for it (unsplit plans, whose partial
+    states need none), on the portable kernel."""
+    from pyflashinfer.attention import batch_launch
+    name, qo_lens, kv_lens, h_qo, h_kv, d, page, causal = case
+    used = []
+    real = batch_launch.hopper_prefill
+    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
+    if page:
+        cache, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device,
+                                                                             as_tuple=False)
+        _poison_unused_rows(cache, indptr, indices, last, "NHD")
+    else:
+        kv_scale = 0.5
+        ks = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
+        vs = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
+    scales = dict(k_scale=kv_scale, v_scale=kv_scale)
+    split = ("split" in name) * (256 // max(page, 1) if page else 2048)
+    for ws_bytes, gluon in ((64 << 20, True),) + (() if split else ((4 << 10, False),)):
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
+        if page:
+            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+            w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, causal=causal,
+                   q_data_type=BF16, kv_data_type=E4M3, fixed_split_size=split or None)
+            out, lse = w.run(torch.cat(qs), cache, return_lse=True, **scales)
+        else:
+            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+            w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=causal,
+                   q_data_type=BF16, kv_data_type=E4M3, fixed_split_size=split or None)
+            out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True, **scales)
+        assert used[-1] is gluon and (w.plan_value.kv_dq is not None) is gluon
+        _check(out, lse, qs, ks, vs, BF16, causal=causal, **scales)
 
 
 @pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")

@@ -19,7 +19,7 @@ from .kernels.common import LOG2E
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
 from .kernels.prefill_hopper import prefill_ws_kernel
-from .launch import _pow2, fp8_qk, hopper_prefill, kv_tma, merge_states_into, write_vt
+from .launch import _pow2, dequant_kv, fp8_qk, hopper_prefill, kv_tma, merge_states_into, write_vt
 from .plan import section
 
 # The Gluon kernel's KV tile: 128 led 64 on every prefill workload of PERFORMANCE.md (H100,
@@ -117,16 +117,24 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     replays = []
     if hopper_prefill(plan, q, k, v, strides, sinks, backend):
         vt = plan.v_t if q.element_size() == 1 else None
+        names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
+        page_size, dequant_page, kv = plan.page_size, -1, {}
         if vt is not None:  # fp8: P V reads V^T, written here from this run's V
             replays.append((write_vt(vt, v, sec[0], sec[2], kv_indices, (vp, vn, vh), plan.page_size,
                                      plan.batch_size, plan.max_kv_len), ("v_ptr",)))
-        attn = launch(prefill_ws_kernel, grid, num_warps=4, num_pages=k.shape[0] if plan.page_size else 0,
+        elif k.element_size() == 1:  # 16-bit q over an fp8 KV: the kernel reads it dequantized, as ragged
+            kd, vd = plan.kv_dq
+            replays.append((dequant_kv(kd, vd, k, v, sec[0], sec[2], kv_indices, strides, plan.page_size,
+                                       plan.batch_size, plan.max_kv_len), ("k_ptr", "v_ptr")))
+            page_size, dequant_page, names = 0, plan.page_size, ("q_ptr", "o_ptr", "lse_ptr")
+            kv = dict(k_ptr=kd, v_ptr=vd, kv_indices_ptr=None, stride_kpage=0, stride_kn=kd.stride(0),
+                      stride_kh=kd.stride(1), stride_vpage=0, stride_vn=vd.stride(0), stride_vh=vd.stride(1))
+        attn = launch(prefill_ws_kernel, grid, num_warps=4, num_pages=k.shape[0] if page_size else 0,
                       vt_ptr=vt, stride_vth=vt.stride(0) if vt is not None else 0,
                       stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=sm_scale * LOG2E.value,
                       v_scale=v_scale, HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N,
-                      STAGES=HOPPER_STAGES[q.element_size()],
-                      CONSUMER_REGS=HOPPER_CONSUMER_REGS, PAGE_SIZE=plan.page_size, **common)
-        names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
+                      STAGES=HOPPER_STAGES[q.element_size()], CONSUMER_REGS=HOPPER_CONSUMER_REGS,
+                      PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page, **{**common, **kv})
     else:
         use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
         attn = launch(

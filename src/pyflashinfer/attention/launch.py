@@ -19,7 +19,7 @@ from ..utils import is_interpreting, num_sms
 from .kernels.decode import decode_fwd_kernel
 from .kernels.merge import merge_states_kernel
 from .kernels.prefill import attention_fwd_kernel
-from .kernels.transpose import transpose_v_kernel
+from .kernels.kv_prepass import dequant_kv_kernel, transpose_v_kernel
 
 
 @dataclass(frozen=True)
@@ -108,54 +108,79 @@ def _is_sm90(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
 def hopper_covers(plan, device: torch.device, backend: str = "auto") -> bool:
     """Whether a batch prefill plan is one the Gluon wgmma kernel (kernels/prefill_hopper.py)
     computes: on sm_90 (never under the interpreter) unless backend="fa2"; q, k and v of one
-    dtype, 16-bit or fp8 e4m3; equal head dims of 64 or 128, row tiles of 64 or 128, causal or
-    not, with no custom mask, window, soft cap, RoPE or ALiBi; a ragged KV, or pages of 8-64
-    tokens."""
+    dtype, 16-bit or fp8 e4m3, or 16-bit q over an fp8 KV (read from a dequantized copy); equal
+    head dims of 64 or 128, row tiles of 64 or 128, causal or not, with no custom mask, window,
+    soft cap, RoPE or ALiBi; a ragged KV, or pages of 8-64 tokens."""
     var = plan.variant
     pages_ok = not plan.page_size or (plan.page_size in (8, 16, 32, 64) and plan.block_n % plan.page_size == 0)
-    return (backend != "fa2" and not is_interpreting() and _is_sm90(device) and pages_ok
-            and plan.packed_mask is None and plan.q_dtype == plan.kv_dtype
-            and plan.q_dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn)
-            and plan.head_dim_qk == plan.head_dim_vo and plan.head_dim_qk in (64, 128)
+    dtypes_ok = ((plan.q_dtype in (torch.float16, torch.bfloat16) and plan.kv_dtype in (plan.q_dtype, *_FP8))
+                 or plan.q_dtype == plan.kv_dtype == torch.float8_e4m3fn)
+    return (backend != "fa2" and not is_interpreting() and _is_sm90(device) and pages_ok and dtypes_ok
+            and plan.packed_mask is None and plan.head_dim_qk == plan.head_dim_vo and plan.head_dim_qk in (64, 128)
             and plan.block_m in (64, 128) and not (var.use_rope or var.use_alibi or var.soft_cap > 0)
             and var.window_left < 0)
 
 
-def vt_columns(tokens: int, batch: int) -> int:
-    """Columns of the V^T buffer of an fp8 plan on the Gluon kernel (kernels/transpose.py)."""
+def prepass_len(tokens: int, batch: int) -> int:
+    """Entries (V^T columns, or dequantized K/V rows) of a pre-pass buffer (kernels/kv_prepass.py)
+    for a batch whose KV spans `tokens` (ragged length, or pages x page size)."""
     return (tokens + 15) // 16 * 16 + 32 * batch
+
+
+def _prepass_grid(batch: int, max_kv_len: int, num_kv_heads: int) -> tuple:
+    return batch, max(1, triton.cdiv(max_kv_len, _PREPASS_BLOCK_T)), num_kv_heads
+
+
+_PREPASS_BLOCK_T = 128  # tokens per program and step of the K/V pre-passes
 
 
 def write_vt(vt: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor, kv_indptr: torch.Tensor,
              kv_indices: Optional[torch.Tensor], v_strides: tuple, page_size: int, batch: int, max_kv_len: int):
-    """V^T of the batch's requests into vt [H_kv, D_vo, vt_columns(...)] (kernels/transpose.py):
+    """V^T of the batch's requests into vt [H_kv, D_vo, prepass_len(...)] (kernels/kv_prepass.py):
     v is ragged [tokens, H_kv, D_vo] (page_size 0, kv_indptr in tokens) or a paged cache
     (kv_indptr into kv_indices); seq_lens [batch] in tokens; v_strides (page, token, head) in
     elements. Returns the launch's Replay."""
     vp, vn, vh = v_strides
-    grid = (batch, max(1, triton.cdiv(max_kv_len, _VT_BLOCK_T)), vt.shape[0])
-    return launch(transpose_v_kernel, grid, num_warps=4, num_stages=1, v_ptr=v, vt_ptr=vt, seq_lens_ptr=seq_lens,
-                  kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, stride_vpage=vp, stride_vn=vn, stride_vh=vh,
-                  stride_vth=vt.stride(0), stride_vtd=vt.stride(1), HEAD_DIM=vt.shape[1], BLOCK_T=_VT_BLOCK_T,
-                  PAGE_SIZE=page_size)
+    return launch(transpose_v_kernel, _prepass_grid(batch, max_kv_len, vt.shape[0]), num_warps=4, num_stages=1,
+                  v_ptr=v, vt_ptr=vt, seq_lens_ptr=seq_lens, kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices,
+                  stride_vpage=vp, stride_vn=vn, stride_vh=vh, stride_vth=vt.stride(0), stride_vtd=vt.stride(1),
+                  HEAD_DIM=vt.shape[1], BLOCK_T=_PREPASS_BLOCK_T, PAGE_SIZE=page_size)
 
 
-_VT_BLOCK_T = 128  # V^T columns per program of the V^T pass
+def dequant_kv(kd: torch.Tensor, vd: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor,
+               kv_indptr: torch.Tensor, kv_indices: Optional[torch.Tensor], strides: tuple, page_size: int,
+               batch: int, max_kv_len: int):
+    """The batch's fp8 K/V into kd/vd [prepass_len(...), H_kv, D] of a 16-bit dtype
+    (kernels/kv_prepass.py); k/v and the rest as write_vt, strides (k page, k token, k head,
+    v page, v token, v head). Returns the launch's Replay."""
+    kp, kn, kh, vp, vn, vh = strides
+    return launch(dequant_kv_kernel, _prepass_grid(batch, max_kv_len, kd.shape[1]), num_warps=4, num_stages=1,
+                  k_ptr=k, v_ptr=v, kd_ptr=kd, vd_ptr=vd, seq_lens_ptr=seq_lens, kv_indptr_ptr=kv_indptr,
+                  kv_indices_ptr=kv_indices, stride_kpage=kp, stride_kn=kn, stride_kh=kh, stride_vpage=vp,
+                  stride_vn=vn, stride_vh=vh, stride_dn=kd.stride(0), stride_dh=kd.stride(1), HEAD_DIM=kd.shape[2],
+                  BLOCK_T=_PREPASS_BLOCK_T, PAGE_SIZE=page_size)
 
 
 def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strides: tuple,
                    sinks: Optional[torch.Tensor], backend: str = "auto") -> bool:
     """Whether this launch of a batch prefill plan runs on the Gluon kernel: a plan it covers
-    (hopper_covers; fp8 plans only with the V^T buffer the plan then holds), no sinks, and K/V
-    read through tensor descriptors (16-byte aligned token and head strides; a page stride that
-    is a whole number of token strides). strides: (k page, k token, k head, v page, v token,
+    (hopper_covers) with the pre-pass buffer it needs (fp8 q: V^T, plan.v_t; 16-bit q over an
+    fp8 KV: the dequantized K/V, plan.kv_dq; the plan holds them when they fit), no sinks, and
+    K/V read through tensor descriptors (16-byte aligned token and head strides; a page stride
+    that is a whole number of token strides). strides: (k page, k token, k head, v page, v token,
     v head) in elements. Everything else runs on the portable kernel (kernels/prefill.py)."""
     kp, kn, kh, vp, vn, vh = strides
-    return (hopper_covers(plan, q.device, backend) and sinks is None
-            and (q.element_size() == 2 or plan.v_t is not None)
+    if not (hopper_covers(plan, q.device, backend) and sinks is None):
+        return False
+    if q.element_size() == 2 and k.element_size() == 1:  # the kernel reads the dequantized copy
+        return plan.kv_dq is not None
+    return ((q.element_size() == 2 or plan.v_t is not None)
             and kv_tma(k, v, (kn, kh, vn, vh), paged=False, use_rope=False)
             and (not plan.page_size or (kp % kn == 0 and vp % vn == 0)))
 

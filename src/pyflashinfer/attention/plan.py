@@ -204,7 +204,10 @@ class PrefillPlan:
     packed_mask: Optional[torch.Tensor] = field(repr=False, default=None)
     mask_indptr: Optional[torch.Tensor] = field(repr=False, default=None)
     max_kv_len: int = 0      # tokens of the longest request's KV
-    v_t: Optional[torch.Tensor] = field(repr=False, default=None)  # fp8 on the Gluon kernel: V^T (launch.vt_columns)
+    # Pre-pass buffers of the Gluon kernel (kernels/kv_prepass.py): fp8 q/k/v, V^T [H_kv, D_vo,
+    # entries]; 16-bit q over an fp8 KV, (K, V) dequantized [entries, H_kv, D] (launch.prepass_len).
+    v_t: Optional[torch.Tensor] = field(repr=False, default=None)
+    kv_dq: Optional[tuple] = field(repr=False, default=None)
 
     @property
     def part_indptr(self) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import prefill_launch
 from .host_checks import cache_ref, host_indptr, host_page_table, planned_dtypes, run_outputs, same_cache
-from .launch import Variant, _pow2, hopper_covers, prefill_tile, vt_columns
+from .launch import Variant, _pow2, hopper_covers, prefill_tile, prepass_len
 from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk
 
 _BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
@@ -171,10 +171,8 @@ class _BatchPrefillWrapper:
             num_partials=num_partials, total_qo=total_qo, total_kv=int(kv_indptr_h[-1]), buffer=buf,
             part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr,
             max_kv_len=int(seq_lens_h.max()) if batch else 0)
-        if q_dtype in V.FP8_TYPES and hopper_covers(self._plan, self._device, self._backend):
-            # fp8 P V on the Gluon kernel reads V transposed: the launch writes it here first
-            self._plan = dataclasses.replace(self._plan, v_t=self._v_t(
-                vt_columns(int(kv_indptr_h[-1]) * max(page_size, 1), batch), num_kv_heads, head_dim_vo, kv_dtype))
+        if kv_dtype in V.FP8_TYPES and hopper_covers(self._plan, self._device, self._backend):
+            self._plan = self._with_prepass(self._plan, prepass_len(int(kv_indptr_h[-1]) * max(page_size, 1), batch))
         if graph is not None:
             self._alibi = graph["alibi"]
         else:
@@ -192,25 +190,53 @@ class _BatchPrefillWrapper:
         return (ws[: rows * num_qo_heads * head_dim_vo].view(rows, num_qo_heads, head_dim_vo),
                 ws[rows * num_qo_heads * head_dim_vo:].view(rows, num_qo_heads))
 
-    def _v_t(self, columns: int, num_kv_heads: int, head_dim_vo: int, dtype: torch.dtype) -> torch.Tensor:
-        """V^T [H_kv, D_vo, columns] of an fp8 plan on the Gluon kernel. In CUDA-graph mode the
-        float workspace after the partial states holds it, as many columns as fit, fixed by the
-        first plan (the captured launch keeps its address and stride)."""
+    def _with_prepass(self, plan: PrefillPlan, entries: int) -> PrefillPlan:
+        """The plan with the buffer its Gluon launch writes first (kernels/kv_prepass.py), or as it
+        is (the portable kernel then runs it) where that buffer does not fit. fp8 q/k/v: V^T
+        [H_kv, D, entries], in the plan's own memory. 16-bit q over an fp8 KV: K and V
+        dequantized, [entries, H_kv, D] each, in the float workspace after the partial states
+        (that is what bounds them). In CUDA-graph mode both live in the workspace, sized by the
+        first plan to all it has left (the captured launches keep their addresses and strides):
+        a later plan that needs more raises."""
+        h, d = plan.num_kv_heads, plan.head_dim_vo
+        fp8_q = plan.q_dtype in V.FP8_TYPES
+        per_entry = h * d * (1 if fp8_q else 2 * plan.q_dtype.itemsize)
         if self._graph is None:
-            return torch.empty(num_kv_heads, head_dim_vo, columns, dtype=dtype, device=self._device)
-        if "v_t" not in self._graph:
-            part_lse = self._graph["partials"][1]
-            ws = self._workspace.view(torch.uint8)
-            start = (part_lse.data_ptr() + part_lse.numel() * 4 - ws.data_ptr() + 127) // 128 * 128
-            fit = (ws.numel() - start) // (num_kv_heads * head_dim_vo) // 16 * 16
-            self._graph["v_t"] = ws[start: start + num_kv_heads * head_dim_vo * fit].view(dtype).view(
-                num_kv_heads, head_dim_vo, fit)
-        v_t = self._graph["v_t"]
-        if columns > v_t.shape[2]:
-            raise ValueError(f"float_workspace_buffer: this fp8 plan's transposed V needs {columns} columns of "
-                             f"{num_kv_heads * head_dim_vo} bytes, the CUDA-graph workspace holds {v_t.shape[2]} after "
-                             "the partial states; pass a larger buffer")
-        return v_t
+            if fp8_q:
+                return dataclasses.replace(plan, v_t=torch.empty(h, d, entries, dtype=plan.kv_dtype, device=self._device))
+            scratch = self._scratch_after(plan.part_lse)
+            if scratch.numel() < entries * per_entry:
+                return plan
+            return dataclasses.replace(plan, kv_dq=self._dequant_buffers(scratch, entries, plan))
+        g = self._graph
+        if "prepass" not in g:
+            scratch = self._scratch_after(g["partials"][1])
+            fit = scratch.numel() // per_entry // 16 * 16
+            g["prepass"] = None if fit == 0 else (scratch[: h * d * fit].view(plan.kv_dtype).view(h, d, fit) if fp8_q
+                                                  else self._dequant_buffers(scratch, fit, plan))
+        buf = g["prepass"]
+        if buf is None:  # nothing fits: every plan of this wrapper runs on the portable kernel
+            return plan
+        fit = buf.shape[2] if fp8_q else buf[0].shape[0]
+        if entries > fit:
+            raise ValueError(f"float_workspace_buffer: this plan's fp8 KV pre-pass needs {entries * per_entry} bytes "
+                             f"after the partial states, the CUDA-graph workspace holds {fit * per_entry}; pass a "
+                             "larger buffer")
+        return dataclasses.replace(plan, **({"v_t": buf} if fp8_q else {"kv_dq": buf}))
+
+    def _scratch_after(self, part_lse: Optional[torch.Tensor]) -> torch.Tensor:
+        """The float workspace's bytes after the partial states (all of it without them), 128-aligned."""
+        ws = self._workspace.view(torch.uint8)
+        if part_lse is None:
+            return ws
+        end = part_lse.data_ptr() + part_lse.numel() * part_lse.element_size() - ws.data_ptr()
+        return ws[(end + 127) // 128 * 128:]
+
+    @staticmethod
+    def _dequant_buffers(scratch: torch.Tensor, entries: int, plan: PrefillPlan) -> tuple:
+        n = entries * plan.num_kv_heads * plan.head_dim_vo * plan.q_dtype.itemsize
+        return tuple(scratch[i * n: (i + 1) * n].view(plan.q_dtype).view(entries, plan.num_kv_heads, plan.head_dim_vo)
+                     for i in range(2))
 
     def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode):
         """CUDA-graph mode: what the first plan fixes for every later one (None in eager mode).
@@ -316,9 +342,9 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
         out = w.run(q, k, v)   # q [qo_indptr[-1], 32, 128], k/v [kv_indptr[-1], 8, 128]
 
     backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
-    (launch.hopper_prefill: 16-bit or fp8 e4m3 q/k/v, head dim 64/128, no mask/window/soft
-    cap/RoPE/ALiBi/sinks; for the paged wrapper, pages of 8-64 tokens; an fp8 plan holds the
-    transposed V it writes, in CUDA-graph mode in the float workspace after the partial states)
+    (launch.hopper_prefill: 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV; head dim
+    64/128, no mask/window/soft cap/RoPE/ALiBi/sinks; for the paged wrapper, pages of 8-64
+    tokens; fp8 plans hold the buffer their launch writes first, see _with_prepass)
     and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's
     other names are accepted and mean "auto".
     """

@@ -4,8 +4,10 @@ The batch plan's work list drives it exactly as it drives the portable kernel (p
 axis 0 is a work item (request, row tile, kv start, kv end, partial slot), axis 1 the KV head,
 and rows of a tile are packed (token, head-in-group) pairs of one KV head, so a GQA group
 shares every K/V tile. It covers a ragged (contiguous) or paged (pages of 8-64 tokens) KV cache
-with 16-bit or fp8 e4m3 q/k/v, equal head dims of 64 or 128, causal or not
-(launch.hopper_prefill says when); everything else goes to the portable kernel.
+with 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV (which a pre-pass dequantizes into
+a ragged copy the kernel then reads: DEQUANT_PAGE >= 0, the source's page size), equal head
+dims of 64 or 128, causal or not (launch.hopper_prefill says when); everything else goes to the
+portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
@@ -23,7 +25,7 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   the exp2; only tiles that the causal bound or the kv range cut are masked.
 - fp8: both products on fp8 tensor cores, P rounded to e4m3 (as FA3's fp8 path does). fp8
   wgmma reads both operands K-major, so P V reads V^T, which the launch writes first
-  (kernels/transpose.py) with its columns in the order in which each thread already holds P
+  (kernels/kv_prepass.py) with its columns in the order in which each thread already holds P
   (_p_operand: no shuffles). v_scale is folded into 1 / l.
 
 Measured on the H100 with benchmarks/bench_prefill.py; see benchmarks/RESULTS.md.
@@ -267,8 +269,8 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
 
 
 @gluon.jit
-def _vt_column(kv_start, req, PAGE_SIZE: gl.constexpr):
-    """First V^T column of a request (kernels/transpose.py vt_column, the same formula)."""
+def _request_base(kv_start, req, PAGE_SIZE: gl.constexpr):
+    """First entry of a request in the pre-pass buffers (kernels/kv_prepass.py request_base)."""
     TOKENS_PER_ENTRY: gl.constexpr = PAGE_SIZE if PAGE_SIZE > 0 else 1
     return (kv_start * TOKENS_PER_ENTRY + 15) // 16 * 16 + 32 * req
 
@@ -279,7 +281,7 @@ def _p_operand(p, dtype: gl.constexpr, p_layout: gl.constexpr, FP8: gl.constexpr
     are reordered so that each thread's values are already where the operand wants them: in
     every 16 columns, column g 8 + 2 t + j (the accumulator: chunk g, lane t mod 4, register j)
     becomes 4 t + 2 g + j (the fp8 operand's 4 bytes per register); V^T's columns are stored in
-    that order (kernels/transpose.py)."""
+    that order (kernels/kv_prepass.py)."""
     p = p.to(dtype)
     if FP8:
         BLOCK_N: gl.constexpr = p.shape[1]
@@ -342,7 +344,7 @@ def prefill_ws_kernel(
     group_size, num_pages, qk_scale, v_scale,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-    PAGE_SIZE: gl.constexpr,
+    PAGE_SIZE: gl.constexpr, DEQUANT_PAGE: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     FP8: gl.constexpr = dtype.is_fp8()
@@ -364,6 +366,8 @@ def prefill_ws_kernel(
     qo_len = gl.load(qo_indptr_ptr + req + 1) - q_start
     kv_len = gl.load(seq_lens_ptr + req)
     kv_start = gl.load(kv_indptr_ptr + req)
+    if DEQUANT_PAGE >= 0:  # 16-bit q over an fp8 KV, dequantized by a pre-pass into its own rows
+        kv_start = _request_base(kv_start, req, DEQUANT_PAGE)
     num_rows = qo_len * group_size
     first_row = pid_m * BLOCK_M
     last_row = gl.minimum(first_row + BLOCK_M, num_rows) - 1
@@ -408,8 +412,8 @@ def prefill_ws_kernel(
                                                 [(num_pages - 1) * v_rows + PAGE_SIZE, HEAD_DIM],
                                                 [stride_vn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
         paging = (kv_indices_ptr + kv_start, k_rows, v_rows)
-    if FP8:  # V^T of the request, its columns in P's order (kernels/transpose.py); zeros past kv_len
-        v_desc = tma.make_tensor_descriptor(vt_ptr + h64 * stride_vth + _vt_column(kv_start, req, PAGE_SIZE),
+    if FP8:  # V^T of the request, its columns in P's order (kernels/kv_prepass.py); zeros past kv_len
+        v_desc = tma.make_tensor_descriptor(vt_ptr + h64 * stride_vth + _request_base(kv_start, req, PAGE_SIZE),
                                             [HEAD_DIM, (kv_len + 15) // 16 * 16], [stride_vtd, 1], [HEAD_DIM, BLOCK_N],
                                             vt_smem_layout)
     ptrs = (q_ptr, gl.to_tensor(stride_qn), gl.to_tensor(stride_qh), o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
