@@ -120,7 +120,8 @@ def bench(w, ws, rows):
     paged8 = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
     paged8.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16, causal=True,
                 q_data_type=e4m3, kv_data_type=e4m3, o_data_type=dt)
-    paged_kv8, paged_kv8_portable = (flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, backend=b) for b in ("auto", "fa2"))
+    paged_kv8, paged_kv8_portable = (flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, backend=b)
+                                     for b in ("auto", "fa2"))
     for wr in (paged_kv8, paged_kv8_portable):
         wr.plan(indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, 16, causal=True,
                 q_data_type=dt, kv_data_type=e4m3)
@@ -137,8 +138,8 @@ def bench(w, ws, rows):
                lambda o: o[-w.seq:]),
               ("paged wrapper p16 fp8 q/k/v", lambda: paged8.run(q8_cat, cache8), lambda o: o[-w.seq:]),
               ("paged wrapper p16 fp8 KV (bf16 q)", lambda: paged_kv8.run(q_cat, cache8), lambda o: o[-w.seq:]),
-              ("paged wrapper p16 fp8 KV (bf16 q), portable kernel (fa2)", lambda: paged_kv8_portable.run(q_cat, cache8),
-               lambda o: o[-w.seq:])]
+              ("paged wrapper p16 fp8 KV (bf16 q), portable kernel (fa2)",
+               lambda: paged_kv8_portable.run(q_cat, cache8), lambda o: o[-w.seq:])]
     # fp8 plans on the Gluon kernel multiply fp8 P (they hold V^T): their reference rounds P too
     fp8_p = {label for label, wr in (("ragged wrapper fp8 q/k/v", ragged8), ("paged wrapper p16 fp8 q/k/v", paged8))
              if wr.plan_value.v_t is not None}

@@ -145,7 +145,8 @@ def gluon_variants() -> list[dict]:
     out = []
     for d, block_m, causal, extra, dtype, page in itertools.chain(
             itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",), (0,)),
-            [(128, 128, True, False, "fp16", 0), (128, 128, True, False, "bf16", 16), (64, 64, False, True, "bf16", 64)],
+            [(128, 128, True, False, "fp16", 0), (128, 128, True, False, "bf16", 16),
+             (64, 64, False, True, "bf16", 64)],
             [(128, 128, True, False, "fp8e4nv", 0), (128, 128, True, True, "fp8e4nv", 16),
              (64, 64, False, True, "fp8e4nv", 0), (64, 128, False, False, "fp8e4nv", 64)],
             [(128, 128, True, True, "bf16", "dq16"), (64, 64, False, False, "fp16", "dq0")]):

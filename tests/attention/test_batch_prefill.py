@@ -264,6 +264,13 @@ def test_cuda_graph_mode_replans(paged, device):
         _graph_plan_and_run(w, paged, [10, 9, 2], [10, 9, 2], 21, device, run=False)
     with pytest.raises(ValueError, match="batch size"):
         _graph_plan_and_run(w, paged, [5, 9], [5, 9], 14, device, run=False)
+    with pytest.raises(ValueError, match="dtypes"):  # the captured launches are those of the first dtypes
+        if paged:
+            _, (indptr, indices, last), _, _, _ = random_paged_cache([5, 9, 2], 2, 64, 16, BF16, device)
+            w.plan(_i32(_indptr([5, 9, 2]), device), indptr, indices, last, 8, 2, 64, 16, q_data_type=BF16,
+                   kv_data_type=E4M3)
+        else:
+            w.plan(_i32(_indptr([5, 9, 2]), device), _i32(_indptr([5, 9, 2]), device), 8, 2, 64, q_data_type=F16)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -118,7 +118,8 @@ class _BatchPrefillWrapper:
 
         group = num_qo_heads // num_kv_heads
         total_qo = int(qo_h[-1])
-        graph = self._graph_plan(batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode)
+        graph = self._graph_plan(batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode,
+                                 (q_dtype, kv_dtype))
         if graph is not None and packed is not None:  # the captured launch reads the caller's mask buffers
             mask_buf, indptr_buf = self._mask_buffers
             if mask_buf.numel() < packed.numel():
@@ -203,7 +204,8 @@ class _BatchPrefillWrapper:
         per_entry = h * d * (1 if fp8_q else 2 * plan.q_dtype.itemsize)
         if self._graph is None:
             if fp8_q:
-                return dataclasses.replace(plan, v_t=torch.empty(h, d, entries, dtype=plan.kv_dtype, device=self._device))
+                v_t = torch.empty(h, d, entries, dtype=plan.kv_dtype, device=self._device)
+                return dataclasses.replace(plan, v_t=v_t)
             scratch = self._scratch_after(plan.part_lse)
             if scratch.numel() < entries * per_entry:
                 return plan
@@ -238,7 +240,7 @@ class _BatchPrefillWrapper:
         return tuple(scratch[i * n: (i + 1) * n].view(plan.q_dtype).view(entries, plan.num_kv_heads, plan.head_dim_vo)
                      for i in range(2))
 
-    def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode):
+    def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode, dtypes):
         """CUDA-graph mode: what the first plan fixes for every later one (None in eager mode).
         The captured q holds the first plan's tokens: later plans may have any lengths with at
         most that many tokens in all. The grid bounds the row tiles, or the work of a split plan
@@ -267,16 +269,17 @@ class _BatchPrefillWrapper:
             self._graph = dict(
                 max_qo=total_qo, tile=tile, max_work=max_work, has_mask=packed is not None,
                 partials=self._partials(split_work * triton.cdiv(tile.block_m, group), num_qo_heads, head_dim_vo),
-                heads=(num_qo_heads, head_dim_qk, head_dim_vo, mode),
+                heads=(num_qo_heads, head_dim_qk, head_dim_vo, mode, dtypes),
                 buffer=torch.empty(buffer_len(batch, max_work) + total_qo + 1, dtype=torch.int32, device=self._device),
                 alibi=get_alibi_slopes(num_qo_heads).to(self._device) if mode == PosEncodingMode.ALIBI else None)
         g = self._graph
         if total_qo > g["max_qo"]:
             raise ValueError(f"this CUDA-graph wrapper's first plan had {g['max_qo']} query tokens (the captured q); "
                              f"got {total_qo}")
-        if (num_qo_heads, head_dim_qk, head_dim_vo, mode) != g["heads"] or (packed is not None) != g["has_mask"]:
-            raise ValueError("a CUDA-graph plan must keep the heads, head dims, pos_encoding_mode and whether there "
-                             "is a custom mask of the first")
+        if (num_qo_heads, head_dim_qk, head_dim_vo, mode, dtypes) != g["heads"] or \
+                (packed is not None) != g["has_mask"]:
+            raise ValueError("a CUDA-graph plan must keep the heads, head dims, pos_encoding_mode, q/kv dtypes and "
+                             "whether there is a custom mask of the first")
         return g
 
     def _replayed(self, key, tensors: dict, return_lse: bool):

@@ -113,8 +113,8 @@ class _WsArgs:
     @gluon.constexpr_function
     def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on,
                  stride_oh, stride_ln, stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size,
-                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, v_scale, HEAD_DIM, BLOCK_N,
-                 STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8):
+                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, v_scale, HEAD_DIM,
+                 BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8):
         self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
         self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
         self.k_desc, self.v_desc = k_desc, v_desc
