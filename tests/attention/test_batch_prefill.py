@@ -601,3 +601,43 @@ def test_hopper_fp8_prefill_kernel(case, device, monkeypatch):
         gluon = backend == "auto"
         assert used[-1] is gluon and (w.plan_value.v_t is not None) is gluon
         _check(out, lse, qs, ks, vs, F16, causal=causal, p_dtype=E4M3 if gluon else None, **scales)
+
+
+def test_prepass_buffers(device, monkeypatch):
+    """Where the fp8 plans' pre-pass buffers live (the Gluon kernel's planning, on any device:
+    hopper_covers is forced). 16-bit q over an fp8 KV: K and V dequantized in the float workspace
+    after the partial states, or no buffer (the portable kernel) when they do not fit; fp8 q/k/v:
+    V^T in the plan's memory. CUDA-graph mode: the first plan fixes them to the whole workspace
+    left; a later plan that needs more raises."""
+    from pyflashinfer.attention import prefill as prefill_mod
+    from pyflashinfer.attention.launch import prepass_len
+    monkeypatch.setattr(prefill_mod, "hopper_covers", lambda *a, **k: True)
+    h_qo, h_kv, d, kv_lens = 8, 2, 64, [100, 30, 7]
+    i32 = dict(dtype=torch.int32, device=device)
+    qo, kv = _i32(_indptr([3, 2, 1]), device), _i32(_indptr(kv_lens), device)
+    need = prepass_len(sum(kv_lens), 3) * h_kv * d * 2 * 2  # K and V in bf16
+    for ws_bytes, fits in ((need, True), (need - 1, False)):
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+        w.plan(qo, kv, h_qo, h_kv, d, q_data_type=BF16, kv_data_type=E4M3, disable_split_kv=True)
+        kv_dq = w.plan_value.kv_dq
+        assert (kv_dq is not None) == fits and w.plan_value.v_t is None
+        if fits:
+            kd, vd = kv_dq
+            assert kd.shape == vd.shape == (prepass_len(sum(kv_lens), 3), h_kv, d) and kd.dtype == BF16
+            assert kd.data_ptr() == ws.data_ptr() and vd.data_ptr() == ws.data_ptr() + need // 2
+    w.plan(qo, kv, h_qo, h_kv, d, q_data_type=E4M3, kv_data_type=E4M3)
+    assert w.plan_value.v_t.shape == (h_kv, d, prepass_len(sum(kv_lens), 3)) and w.plan_value.kv_dq is None
+
+    ws = torch.empty(1 << 20, dtype=torch.uint8, device=device)
+    g = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
+        ws, use_cuda_graph=True, qo_indptr_buf=torch.empty(4, **i32), kv_indptr_buf=torch.empty(4, **i32))
+    g.plan(qo, kv, h_qo, h_kv, d, q_data_type=BF16, kv_data_type=E4M3)
+    first = g.plan_value.kv_dq
+    part_end = g.plan_value.part_lse.data_ptr() + g.plan_value.part_lse.numel() * 4
+    assert first[0].data_ptr() >= part_end and first[1].data_ptr() + first[1].numel() * 2 <= ws.data_ptr() + ws.numel()
+    g.plan(qo, _i32(_indptr([900, 30, 7]), device), h_qo, h_kv, d, q_data_type=BF16, kv_data_type=E4M3)
+    assert g.plan_value.kv_dq[0].data_ptr() == first[0].data_ptr()
+    with pytest.raises(ValueError, match="pre-pass needs"):
+        g.plan(qo, _i32(_indptr([first[0].shape[0], 30, 7]), device), h_qo, h_kv, d, q_data_type=BF16,
+               kv_data_type=E4M3)
