@@ -524,6 +524,7 @@ HOPPER_FP8 = [
     ("ragged-g3-d64-noncausal-split", [16, 40], [5000, 40], 6, 2, 64, 0, False),
     ("p16-g1-d128-causal", [129, 64, 0], [1000, 64, 30], 4, 4, 128, 16, True),
     ("p8-g5-d64-chunked-split", [20, 7], [3333, 7], 10, 2, 64, 8, True),
+    ("p32-hnd-g2-d128-noncausal", [50, 17], [700, 17], 4, 2, 128, 32, False),
 ]
 
 
@@ -540,9 +541,10 @@ def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
     monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
     qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
     if page:
+        layout = "HND" if "hnd" in name else "NHD"
         cache, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device,
-                                                                             as_tuple=False)
-        _poison_unused_rows(cache, indptr, indices, last, "NHD")
+                                                                             layout, as_tuple=False)
+        _poison_unused_rows(cache, indptr, indices, last, layout)
     else:
         kv_scale = 0.5
         ks = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
@@ -552,7 +554,7 @@ def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
     for ws_bytes, gluon in ((64 << 20, True),) + (() if split else ((4 << 10, False),)):
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
         if page:
-            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, layout)
             w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, causal=causal,
                    q_data_type=BF16, kv_data_type=E4M3, fixed_split_size=split or None)
             out, lse = w.run(torch.cat(qs), cache, return_lse=True, **scales)
@@ -578,9 +580,10 @@ def test_hopper_fp8_prefill_kernel(case, device, monkeypatch):
     scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
     qs = [(torch.randn(n, h_qo, d, device=device) * 4).to(E4M3) for n in qo_lens]
     if page:
-        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device,
+        layout = "HND" if "hnd" in name else "NHD"
+        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device, layout,
                                                                       as_tuple=False)
-        _poison_unused_rows(cache, indptr, indices, last, "NHD")
+        _poison_unused_rows(cache, indptr, indices, last, layout)
     else:
         ks = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
         vs = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
@@ -588,7 +591,7 @@ def test_hopper_fp8_prefill_kernel(case, device, monkeypatch):
     for backend in ("auto", "fa2"):
         ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
         if page:
-            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, backend=backend)
+            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, layout, backend=backend)
             w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, causal=causal,
                    q_data_type=E4M3, kv_data_type=E4M3, fixed_split_size=split or None)
             out, lse = w.run(torch.cat(qs), cache, return_lse=True, **scales)
@@ -629,7 +632,7 @@ def test_prepass_buffers(device, monkeypatch):
     w.plan(qo, kv, h_qo, h_kv, d, q_data_type=E4M3, kv_data_type=E4M3)
     assert w.plan_value.v_t.shape == (h_kv, d, prepass_len(sum(kv_lens), 3)) and w.plan_value.kv_dq is None
 
-    ws = torch.empty(1 << 20, dtype=torch.uint8, device=device)
+    ws = torch.empty(32 << 20, dtype=torch.uint8, device=device)  # the graph's partial states take ~9 MB on an H100
     g = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
         ws, use_cuda_graph=True, qo_indptr_buf=torch.empty(4, **i32), kv_indptr_buf=torch.empty(4, **i32))
     g.plan(qo, kv, h_qo, h_kv, d, q_data_type=BF16, kv_data_type=E4M3)
