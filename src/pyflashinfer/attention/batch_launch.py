@@ -29,7 +29,8 @@ from .plan import section
 HOPPER_BLOCK_N = 128
 HOPPER_CONSUMER_REGS = 232
 # K/V ring slots by element size: three 16-bit slots do not fit at d128 (245,888 B of shared
-# memory); fp8 tiles are half the size.
+# memory); three fp8 slots fit but measured no faster (H200, 2026-12-04: L16384 664.8 -> 654.8
+# TFLOP/s ragged, benchmarks/RESULTS.md).
 HOPPER_STAGES = {2: 2, 1: 2}
 
 
