@@ -629,6 +629,7 @@ def test_prepass_buffers(device, monkeypatch):
             kd, vd = kv_dq
             assert kd.shape == vd.shape == (prepass_len(sum(kv_lens), 3), h_kv, d) and kd.dtype == BF16
             assert kd.data_ptr() == ws.data_ptr() and vd.data_ptr() == ws.data_ptr() + need // 2
+            assert f"K/V dequantized to {list(kd.shape)}" in repr(w.plan_value)
     w.plan(qo, kv, h_qo, h_kv, d, q_data_type=E4M3, kv_data_type=E4M3)
     assert w.plan_value.v_t.shape == (h_kv, d, prepass_len(sum(kv_lens), 3)) and w.plan_value.kv_dq is None
 

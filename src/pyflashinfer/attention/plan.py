@@ -221,7 +221,14 @@ class PrefillPlan:
                 f"{self.num_work} work items of BLOCK_M={self.block_m}, kv_chunk={self.kv_chunk}, "
                 f"{self.num_partials} partial rows, grid=({self.num_work}, {self.num_kv_heads}), "
                 f"causal={self.variant.causal}, custom mask={self.packed_mask is not None}, "
-                f"dtypes q={self.q_dtype} kv={self.kv_dtype} o={self.o_dtype})")
+                f"dtypes q={self.q_dtype} kv={self.kv_dtype} o={self.o_dtype}{self._prepass_repr()})")
+
+    def _prepass_repr(self) -> str:
+        if self.v_t is not None:
+            return f", pre-pass V^T {list(self.v_t.shape)}"
+        if self.kv_dq is not None:
+            return f", pre-pass K/V dequantized to {list(self.kv_dq[0].shape)} each"
+        return ""
 
 
 def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_lens: torch.Tensor, group: int,
