@@ -117,7 +117,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     grid = (plan.num_work, plan.num_kv_heads, 1)
     replays = []
     if hopper_prefill(plan, q, k, v, strides, sinks, backend):
-        vt = plan.v_t if q.element_size() == 1 else None
+        vt = plan.v_t  # held by fp8-q plans only
         names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
         page_size, dequant_page, kv = plan.page_size, -1, {}
         if vt is not None:  # fp8: P V reads V^T, written here from this run's V

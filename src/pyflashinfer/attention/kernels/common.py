@@ -170,13 +170,8 @@ def merge_partials(v_rows, s_rows, num_splits, stride_vs, stride_ss, sink, offs_
         v_c = tl.load(v_rows[:, None, None] + splits.to(tl.int64)[None, :, None] * stride_vs
                       + offs_d[None, None, :], mask=mask_rs[:, :, None] & mask_d[None, None, :], other=0.0,
                       cache_modifier=".cg")
-        m_new = tl.maximum(m, tl.max(lse_c, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - m_safe)
-        w = tl.exp2(lse_c - m_safe[:, None])
-        l = l * alpha + tl.sum(w, 1)
+        m, l, alpha, w = softmax_step(m, l, lse_c)  # the split LSEs are the logits of this softmax
         acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * v_c, 1)
-        m = m_new
     return acc, m, l
 
 
