@@ -372,6 +372,15 @@ def test_cuda_graph_mode_custom_mask(device):
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16)
 
 
+def _spy_hopper_prefill(monkeypatch) -> list:
+    """What batch_launch.hopper_prefill decides at each launch (True: the Gluon kernel), in order."""
+    from pyflashinfer.attention import batch_launch
+    used = []
+    real = batch_launch.hopper_prefill
+    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    return used
+
+
 def _sm90() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
@@ -393,11 +402,8 @@ HOPPER = [
 def test_hopper_prefill_kernel(case, device, monkeypatch):
     """Plans the Gluon kernel covers run on it (and on the portable kernel with backend="fa2"),
     both within the tolerance policy of the fp32 reference."""
-    from pyflashinfer.attention import batch_launch
     _, qo_lens, kv_lens, h_qo, h_kv, d, causal = case
-    used = []
-    real = batch_launch.hopper_prefill
-    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    used = _spy_hopper_prefill(monkeypatch)
     qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
     ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
     vs = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
@@ -444,11 +450,8 @@ HOPPER_PAGED = [
 @pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_PAGED, ids=[c[0] for c in HOPPER_PAGED])
 def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
-    from pyflashinfer.attention import batch_launch
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, layout, causal = case
-    used = []
-    real = batch_launch.hopper_prefill
-    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    used = _spy_hopper_prefill(monkeypatch)
     cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, BF16, device, layout,
                                                                   as_tuple=False)
     _poison_unused_rows(cache, indptr, indices, last, layout)
@@ -528,43 +531,52 @@ HOPPER_FP8 = [
 ]
 
 
+def _fp8_kv(case, device) -> dict:
+    """The case's KV in e4m3: ks/vs per request and their scale; paged, also the cache (its
+    unused rows NaN), its layout and page table."""
+    name, _, kv_lens, _, h_kv, d, page, _ = case
+    if not page:
+        return dict(kv_scale=0.5, ks=[(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens],
+                    vs=[(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens])
+    layout = "HND" if "hnd" in name else "NHD"
+    cache, table, ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device, layout, as_tuple=False)
+    _poison_unused_rows(cache, *table, layout)
+    return dict(kv_scale=kv_scale, ks=ks, vs=vs, cache=cache, layout=layout, table=table)
+
+
+def _plan_and_run_fp8_case(case, kv, qs, ws, q_data_type, scales, device, backend="auto"):
+    """Plan the case (fp8 KV, ragged or paged; split as its name says) and run it; (wrapper, out, lse)."""
+    name, qo_lens, kv_lens, h_qo, h_kv, d, page, causal = case
+    split = ("split" in name) * (256 // max(page, 1) if page else 2048)
+    kw = dict(causal=causal, q_data_type=q_data_type, kv_data_type=E4M3, fixed_split_size=split or None)
+    if page:
+        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, kv["layout"], backend=backend)
+        w.plan(_i32(_indptr(qo_lens), device), *kv["table"], h_qo, h_kv, d, page, **kw)
+        out, lse = w.run(torch.cat(qs), kv["cache"], return_lse=True, **scales)
+    else:
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, **kw)
+        out, lse = w.run(torch.cat(qs), torch.cat(kv["ks"]), torch.cat(kv["vs"]), return_lse=True, **scales)
+    assert w.plan_value.num_partials > 0 or "split" not in name
+    return w, out, lse
+
+
 @pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_FP8[:1] + HOPPER_FP8[2:], ids=[c[0] for c in HOPPER_FP8[:1] + HOPPER_FP8[2:]])
 def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
     """bf16 q over an fp8 e4m3 KV with scales: on the Gluon kernel through the dequantized copy
     in the float workspace; with a workspace too small for it (unsplit plans, whose partial
     states need none), on the portable kernel."""
-    from pyflashinfer.attention import batch_launch
-    name, qo_lens, kv_lens, h_qo, h_kv, d, page, causal = case
-    used = []
-    real = batch_launch.hopper_prefill
-    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    used = _spy_hopper_prefill(monkeypatch)
+    _, qo_lens, _, h_qo, _, d, _, causal = case
+    kv = _fp8_kv(case, device)
     qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
-    if page:
-        layout = "HND" if "hnd" in name else "NHD"
-        cache, (indptr, indices, last), ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device,
-                                                                             layout, as_tuple=False)
-        _poison_unused_rows(cache, indptr, indices, last, layout)
-    else:
-        kv_scale = 0.5
-        ks = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
-        vs = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
-    scales = dict(k_scale=kv_scale, v_scale=kv_scale)
-    split = ("split" in name) * (256 // max(page, 1) if page else 2048)
-    for ws_bytes, gluon in ((64 << 20, True),) + (() if split else ((4 << 10, False),)):
+    scales = dict(k_scale=kv["kv_scale"], v_scale=kv["kv_scale"])
+    for ws_bytes, gluon in ((64 << 20, True),) + (() if "split" in case[0] else ((4 << 10, False),)):
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
-        if page:
-            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, layout)
-            w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, causal=causal,
-                   q_data_type=BF16, kv_data_type=E4M3, fixed_split_size=split or None)
-            out, lse = w.run(torch.cat(qs), cache, return_lse=True, **scales)
-        else:
-            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
-            w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=causal,
-                   q_data_type=BF16, kv_data_type=E4M3, fixed_split_size=split or None)
-            out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True, **scales)
+        w, out, lse = _plan_and_run_fp8_case(case, kv, qs, ws, BF16, scales, device)
         assert used[-1] is gluon and (w.plan_value.kv_dq is not None) is gluon
-        _check(out, lse, qs, ks, vs, BF16, causal=causal, **scales)
+        _check(out, lse, qs, kv["ks"], kv["vs"], BF16, causal=causal, **scales)
 
 
 @pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
@@ -572,38 +584,17 @@ def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
 def test_hopper_fp8_prefill_kernel(case, device, monkeypatch):
     """fp8 q/k/v with per-tensor scales on the Gluon kernel (P V on fp8 tensor cores, so PyTorch's
     own error is measured with P rounded to e4m3) and on the portable kernel (backend="fa2")."""
-    from pyflashinfer.attention import batch_launch
-    name, qo_lens, kv_lens, h_qo, h_kv, d, page, causal = case
-    used = []
-    real = batch_launch.hopper_prefill
-    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    used = _spy_hopper_prefill(monkeypatch)
+    _, qo_lens, _, h_qo, _, d, _, causal = case
     scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
     qs = [(torch.randn(n, h_qo, d, device=device) * 4).to(E4M3) for n in qo_lens]
-    if page:
-        layout = "HND" if "hnd" in name else "NHD"
-        cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device, layout,
-                                                                      as_tuple=False)
-        _poison_unused_rows(cache, indptr, indices, last, layout)
-    else:
-        ks = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
-        vs = [(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens]
-    split = ("split" in name) * (256 // max(page, 1) if page else 2048)
+    kv = _fp8_kv(case, device)
     for backend in ("auto", "fa2"):
         ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
-        if page:
-            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, layout, backend=backend)
-            w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, causal=causal,
-                   q_data_type=E4M3, kv_data_type=E4M3, fixed_split_size=split or None)
-            out, lse = w.run(torch.cat(qs), cache, return_lse=True, **scales)
-        else:
-            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
-            w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=causal,
-                   q_data_type=E4M3, kv_data_type=E4M3, fixed_split_size=split or None)
-            out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True, **scales)
-        assert w.plan_value.num_partials > 0 or "split" not in name
+        w, out, lse = _plan_and_run_fp8_case(case, kv, qs, ws, E4M3, scales, device, backend)
         gluon = backend == "auto"
         assert used[-1] is gluon and (w.plan_value.v_t is not None) is gluon
-        _check(out, lse, qs, ks, vs, F16, causal=causal, p_dtype=E4M3 if gluon else None, **scales)
+        _check(out, lse, qs, kv["ks"], kv["vs"], F16, causal=causal, p_dtype=E4M3 if gluon else None, **scales)
 
 
 def test_prepass_buffers(device, monkeypatch):
