@@ -3,6 +3,7 @@
     python benchmarks/bench_prefill.py [--out results.json]
     python benchmarks/bench_prefill.py --sweep     # tile configs x (TMA, pointer, paged) loads
     python benchmarks/bench_prefill.py --profile   # host overhead of run() on the smallest workload
+    python benchmarks/bench_prefill.py --variants  # window, soft cap, sinks at llama3-8b L16384
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
 the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
@@ -39,15 +40,15 @@ TOL = 2e-2
 MM_TFLOPS = {"ceiling": H100_BF16_TFLOPS}
 
 
-def _check(name, out, q, k, v, p_dtype=None):
+def _check(name, out, q, k, v, p_dtype=None, **variant):
     """out [L, H, D] of one request against the fp32 reference on its last 256 query rows
     (bottom-right alignment makes a tail of q exact), within TOL, or for a kernel that rounds P
     to p_dtype before P V (fp8 tensor cores), within twice the error of the reference that does
-    the same (reference.attention_ref)."""
-    ref, _ = attention_ref(q[-256:], k, v, causal=True)
+    the same (reference.attention_ref). variant: attention_ref's window, soft cap, sinks."""
+    ref, _ = attention_ref(q[-256:], k, v, causal=True, **variant)
     err = rel_err(out[-256:], ref)
     tol = TOL if p_dtype is None else max(TOL, 2 * rel_err(attention_ref(q[-256:], k, v, causal=True,
-                                                                         p_dtype=p_dtype)[0], ref))
+                                                                         p_dtype=p_dtype, **variant)[0], ref))
     if not err < tol:
         raise SystemExit(f"{name}: relative error {err:.3g} >= {tol:.3g}; refusing to time a wrong kernel")
     return err
@@ -218,6 +219,57 @@ def bench_mixed(ws, rows):
         rows.append(row)
 
 
+def bench_variants(ws):
+    """llama3-8b bs1 L16384 (causal, bf16, ragged) with a sliding window of 4096 keys
+    (window_left 4095, as Mistral), a soft cap of 50 (as Gemma 2), sinks (as gpt-oss), and all
+    three: the Gluon kernel, the portable one (fa2), FlexAttention (compiled; window and soft cap
+    only) and the plain causal Gluon run as the baseline; TFLOP/s count the keys each row sees."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    w, dt = PREFILL[-1], torch.bfloat16
+    L, win = w.seq, 4095
+    q = torch.randn(L, w.q_heads, w.head_dim, device="cuda", dtype=dt)
+    k = torch.randn(L, w.kv_heads, w.head_dim, device="cuda", dtype=dt)
+    v = torch.randn_like(k)
+    sinks = torch.randn(w.q_heads, device="cuda")
+    indptr = torch.tensor([0, L], dtype=torch.int32, device="cuda")
+    window_keys = sum(min(i + 1, win + 1) for i in range(L))
+    cases = [("causal", {}, {}, L * (L + 1) // 2), ("window 4096", dict(window_left=win), {}, window_keys),
+             ("soft cap 50", dict(logits_soft_cap=50.0), {}, L * (L + 1) // 2),
+             ("sinks", {}, dict(sinks=sinks), L * (L + 1) // 2),
+             ("window + soft cap + sinks", dict(window_left=win, logits_soft_cap=50.0), dict(sinks=sinks),
+              window_keys)]
+    qb, kb, vb = (t.transpose(0, 1)[None].repeat_interleave(w.q_heads // t.shape[1], 1).contiguous()
+                  for t in (q, k, v))
+    flex = torch.compile(flex_attention)
+    rows = []
+    for name, plan_kw, run_kw, keys in cases:
+        flops = 4.0 * w.q_heads * w.head_dim * keys
+        impls = []
+        for backend in ("auto", "fa2"):
+            wr = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
+            wr.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt, **plan_kw)
+            impls.append(("Gluon" if backend == "auto" else "portable (fa2)",
+                          lambda wr=wr: wr.run(q, k, v, **run_kw)))
+        if not run_kw:
+            cap, wl = plan_kw.get("logits_soft_cap"), plan_kw.get("window_left", -1)
+            keep = (lambda b, h, i, j: (i >= j) & (i - j <= wl)) if wl >= 0 else (lambda b, h, i, j: i >= j)
+            bm = create_block_mask(keep, None, None, L, L, device="cuda")
+            mod = (lambda s, b, h, i, j: cap * torch.tanh(s / cap)) if cap else None
+            impls.append(("flex (compiled)",
+                          lambda bm=bm, mod=mod: flex(qb, kb, vb, block_mask=bm, score_mod=mod)[0].transpose(0, 1)))
+        for label, fn in impls:
+            out, first = _first_call(fn)
+            err = _check(f"{name} {label}", out, q, k, v, **plan_kw, **run_kw)
+            t = time_host(fn)
+            tg = time_graph(fn) if "flex" not in label else None
+            row = {"variant": name, "impl": label, "us": t * 1e6, "TFLOP/s": flops / t / 1e12,
+                   "graph us": tg and tg * 1e6, "graph TFLOP/s": tg and flops / tg / 1e12, "rel err": err,
+                   "first call s": first}
+            print(row, flush=True)
+            rows.append(row)
+    print(table(rows, ["variant", "impl", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "rel err", "first call s"]))
+
+
 def sweep():
     """TFLOP/s of the batch wrappers (ragged with and without tensor descriptors, paged 16) under
     each d128 tile config of the portable tensor-core kernel (backend="fa2") (ws: warp-specialised KV loop, which needs
@@ -288,9 +340,13 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile", action="store_true", help="only: host overhead of run() at llama2-7b bs1 L512")
     ap.add_argument("--sweep", action="store_true", help="only: d128 tile configs on the batch wrappers")
+    ap.add_argument("--variants", action="store_true", help="only: window, soft cap and sinks at L16384")
     args = ap.parse_args()
     if args.sweep:
         return sweep()
+    if args.variants:
+        print(run_info(), flush=True)
+        return bench_variants(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
     if args.profile:
         return profile()
     torch.manual_seed(0)

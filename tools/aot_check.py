@@ -137,20 +137,27 @@ def gluon_variants() -> list[dict]:
     """The Gluon Hopper prefill kernel never runs under the interpreter, so no test run records
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
     with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64;
-    fp8 e4m3, ragged and paged; 16-bit q over a dequantized fp8 KV)."""
+    fp8 e4m3, ragged and paged; 16-bit q over a dequantized fp8 KV; with a window (w), a soft cap
+    (c) and sinks (s))."""
     import itertools
 
     from pyflashinfer.attention import batch_launch
     from pyflashinfer.attention.kernels.prefill_hopper import prefill_ws_kernel as kernel
     out = []
-    for d, block_m, causal, extra, dtype, page in itertools.chain(
-            itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",), (0,)),
-            [(128, 128, True, False, "fp16", 0), (128, 128, True, False, "bf16", 16),
-             (64, 64, False, True, "bf16", 64)],
-            [(128, 128, True, False, "fp8e4nv", 0), (128, 128, True, True, "fp8e4nv", 16),
-             (64, 64, False, True, "fp8e4nv", 0), (64, 128, False, False, "fp8e4nv", 64)],
-            [(128, 128, True, True, "bf16", "dq16"), (64, 64, False, False, "fp16", "dq0")]):
+    for d, block_m, causal, extra, dtype, page, feats in itertools.chain(
+            itertools.product((64, 128), (64, 128), (False, True), (False, True), ("bf16",), (0,), ("",)),
+            [(128, 128, True, False, "fp16", 0, ""), (128, 128, True, False, "bf16", 16, ""),
+             (64, 64, False, True, "bf16", 64, "")],
+            [(128, 128, True, False, "fp8e4nv", 0, ""), (128, 128, True, True, "fp8e4nv", 16, ""),
+             (64, 64, False, True, "fp8e4nv", 0, ""), (64, 128, False, False, "fp8e4nv", 64, "")],
+            [(128, 128, True, True, "bf16", "dq16", ""), (64, 64, False, False, "fp16", "dq0", "")],
+            [(128, 128, True, True, "bf16", 0, "wcs"), (128, 128, True, False, "bf16", 16, "w"),
+             (64, 64, False, True, "fp16", 0, "cs"), (128, 128, True, True, "fp8e4nv", 16, "wc")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
+        if "s" in feats:
+            sig["sinks_ptr"] = "*fp32"
+        else:
+            sig["sinks_ptr"], consts["sinks_ptr"] = "constexpr", None
         # "dqN": 16-bit q over an fp8 KV of pages of N tokens (0: ragged), read from its dequantized copy
         dequant_page, page = (int(page[2:]), 0) if isinstance(page, str) else (-1, page)
         if page:
@@ -163,7 +170,7 @@ def gluon_variants() -> list[dict]:
         else:
             sig["vt_ptr"], consts["vt_ptr"] = "constexpr", None
         sig.update({n: f"*{dtype}" for n in ("q_ptr", "k_ptr", "v_ptr")}, o_ptr="*fp16" if fp8 else f"*{dtype}",
-                   qk_scale="fp32", v_scale="fp32")
+                   qk_scale="fp32", v_scale="fp32", softcap_in="fp32")
         sig.update({n: "*i32" for n in ("work_ptr", "qo_indptr_ptr", "seq_lens_ptr", "kv_indptr_ptr")})
         optional = {"lse_ptr": "*fp32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "part_indptr_ptr": "*i32"}
         for n, t in optional.items():
@@ -173,7 +180,8 @@ def gluon_variants() -> list[dict]:
         consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N,
                       STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
-                      PAGE_SIZE=page, DEQUANT_PAGE=dequant_page)
+                      PAGE_SIZE=page, DEQUANT_PAGE=dequant_page, HAS_WINDOW="w" in feats, HAS_SOFTCAP="c" in feats,
+                      HAS_SINKS="s" in feats)
         sig.update({n: "constexpr" for n in consts})
         out.append({"module": kernel.fn.__module__, "name": "prefill_ws_kernel", "signature": sig,
                     "constexprs": consts, "attrs": {n: "D" for n, t in sig.items() if t.startswith("*")},

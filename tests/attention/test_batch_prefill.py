@@ -134,7 +134,7 @@ def test_prefill_sinks(paged, device):
     qo_lens, kv_lens, h_qo, h_kv, d = [6, 3, 2], [700, 3, 0], 6, 2, 64  # the first request splits
     sinks = torch.randn(h_qo, device=device) * 2
     qs = [torch.randn(n, h_qo, d, device=device).half() for n in qo_lens]
-    kw = dict(causal=True, window_left=20)
+    kw = dict(causal=True, window_left=400)  # the first request's window spans 2 chunks of 256
     split = dict(fixed_split_size=256 // 16 if paged else 256)
     if paged:
         cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, 16, F16, device, "NHD")
@@ -465,6 +465,68 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
         out, lse = w.run(torch.cat(qs), cache, return_lse=True)
         assert used[-1] is (backend == "auto" and page > 1)
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
+
+
+# (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size (0: ragged), q dtype, kv dtype, sinks, kwargs):
+# windows (the plan starts each request's KV at its window, the kernel skips the tiles wholly
+# before a row tile's window and masks its edge; window 0: each row sees its own key only), soft
+# caps and sinks on the Gluon kernel; splits whose last chunk some row tiles see none of (empty
+# partial states).
+HOPPER_VARIANTS = [
+    ("ragged-g4-d128-window-cap-sinks-split", [700, 0, 40], [3000, 9, 300], 8, 2, 128, 0, BF16, BF16, True,
+     dict(causal=True, window_left=300, logits_soft_cap=30.0)),
+    ("ragged-g3-d64-noncausal-window", [200, 33], [200, 700], 6, 2, 64, 0, F16, F16, False, dict(window_left=100)),
+    ("p16-hnd-g5-d128-chunked-window0-sinks", [129, 64], [1000, 64], 10, 2, 128, 16, BF16, BF16, True,
+     dict(causal=True, window_left=0)),
+    ("p64-g1-d64-cap", [64, 200], [700, 200], 4, 4, 64, 64, BF16, BF16, False,
+     dict(causal=True, logits_soft_cap=10.0)),
+    ("ragged-fp8-window-cap-split", [300, 17], [3000, 17], 8, 2, 128, 0, E4M3, E4M3, False,
+     dict(causal=True, window_left=1000, logits_soft_cap=20.0)),
+    ("p16-fp8kv-g8-cap-window-sinks", [100, 5], [900, 5], 8, 1, 128, 16, BF16, E4M3, True,
+     dict(causal=True, window_left=500, logits_soft_cap=15.0)),
+]
+
+
+@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.parametrize("case", HOPPER_VARIANTS, ids=[c[0] for c in HOPPER_VARIANTS])
+def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch):
+    """Sliding windows, soft caps and sinks on the Gluon kernel (and on the portable one with
+    backend="fa2"), ragged and paged (unused cache rows NaN), 16-bit, fp8 q/k/v and fp8 KV."""
+    name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
+    used = _spy_hopper_prefill(monkeypatch)
+    fp8_q = q_dtype == E4M3
+    layout = "HND" if "hnd" in name else "NHD"
+    if page:
+        cache, table, ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, kv_dtype, device, layout,
+                                                           as_tuple=False)
+        _poison_unused_rows(cache, *table, layout)
+    else:
+        amp, kv_scale = (4, 0.5) if kv_dtype == E4M3 else (1, 1.0)
+        ks = [(torch.randn(n, h_kv, d, device=device) * amp).to(kv_dtype) for n in kv_lens]
+        vs = [(torch.randn(n, h_kv, d, device=device) * amp).to(kv_dtype) for n in kv_lens]
+    if fp8_q:
+        scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
+    else:
+        scales = dict(k_scale=kv_scale, v_scale=kv_scale) if kv_dtype == E4M3 else {}
+    qs = [(torch.randn(n, h_qo, d, device=device) * (4 if fp8_q else 1)).to(q_dtype) for n in qo_lens]
+    sinks = torch.randn(h_qo, device=device) * 2 if with_sinks else None
+    split = dict(fixed_split_size=256 // page if page else 1024) if "split" in name else {}
+    for backend in ("auto", "fa2"):
+        ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
+        plan_kw = dict(q_data_type=q_dtype, kv_data_type=kv_dtype, **kw, **split)
+        if page:
+            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, layout, backend=backend)
+            w.plan(_i32(_indptr(qo_lens), device), *table, h_qo, h_kv, d, page, **plan_kw)
+            out, lse = w.run(torch.cat(qs), cache, sinks=sinks, return_lse=True, **scales)
+        else:
+            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
+            w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, **plan_kw)
+            out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), sinks=sinks, return_lse=True, **scales)
+        gluon = backend == "auto"
+        assert used[-1] is gluon
+        assert w.plan_value.num_partials > 0 or "split" not in name
+        _check(out, lse, qs, ks, vs, F16 if fp8_q else q_dtype, sinks=sinks, p_dtype=E4M3 if fp8_q and gluon else None,
+               **scales, **kw)
 
 
 @pytest.mark.parametrize("page,grid_kv", [(0, None), (16, None), (5, 1)], ids=["ragged", "p16", "p5-looped"])

@@ -21,14 +21,17 @@ def _work(buf, max_work):
 
 @settings(max_examples=60, deadline=None)
 @given(qo=lens, kv_extra=lens, group=st.integers(1, 8), block_m=st.sampled_from([16, 64, 128]),
-       chunk=st.sampled_from([64, 128, 1000]), causal=st.booleans(), pad=st.integers(0, 5))
-def test_prefill_plan_covers_each_tile_once(qo, kv_extra, group, block_m, chunk, causal, pad):
+       chunk=st.sampled_from([64, 128, 1000]), causal=st.booleans(), pad=st.integers(0, 5),
+       window=st.sampled_from([-1, 0, 5, 64, 200]))
+def test_prefill_plan_covers_each_tile_once(qo, kv_extra, group, block_m, chunk, causal, pad, window):
+    """With a sliding window, each tile's range starts at a multiple of the KV tile (64) no later
+    than the first key any of the request's rows sees."""
     b = min(len(qo), len(kv_extra))
     qo_lens, kv_lens = qo[:b], [q + e for q, e in zip(qo[:b], kv_extra[:b])]
     seq = torch.tensor(kv_lens, dtype=torch.int32)
     total_qo = sum(qo_lens)
     buf, max_work, num_partials = build_prefill_buffer(_indptr(qo_lens), _indptr(kv_lens), seq, group, block_m,
-                                                       causal, chunk, pin=False)
+                                                       causal, chunk, pin=False, window_left=window, kv_align=64)
     work = _work(buf, max_work)
     tiles = [(q * group + block_m - 1) // block_m for q in qo_lens]
     seen = {}
@@ -44,7 +47,8 @@ def test_prefill_plan_covers_each_tile_once(qo, kv_extra, group, block_m, chunk,
     for r in range(b):
         for m in range(tiles[r]):
             ranges = sorted(seen[(r, m)])
-            assert ranges[0][0] == 0 and ranges[-1][1] == kv_lens[r]
+            first = max(kv_lens[r] - qo_lens[r] - window, 0) if window >= 0 else 0
+            assert ranges[0][0] % 64 == 0 and first - 64 < ranges[0][0] <= first and ranges[-1][1] == kv_lens[r]
             assert all(a[1] == c[0] for a, c in zip(ranges, ranges[1:])), ranges  # contiguous, no overlap
             split = len(ranges) > 1
             assert all((slot >= 0) == split for _, _, slot in ranges)
@@ -62,6 +66,8 @@ def test_prefill_plan_covers_each_tile_once(qo, kv_extra, group, block_m, chunk,
             if causal:
                 last_row = min((m + 1) * block_m, qo_lens[req] * group) - 1
                 end = min(hi, max(last_row // group + kv_lens[req] - qo_lens[req] + 1, 0))
+            if window >= 0:
+                lo = max(lo, m * block_m // group + kv_lens[req] - qo_lens[req] - window)
             keys.append(max(end - lo, 0))
     assert keys == sorted(keys, reverse=True)
 

@@ -116,7 +116,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     )
     grid = (plan.num_work, plan.num_kv_heads, 1)
     replays = []
-    if hopper_prefill(plan, q, k, v, strides, sinks, backend):
+    if hopper_prefill(plan, q, k, v, strides, backend):
         vt = plan.v_t  # held by fp8-q plans only
         names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
         page_size, dequant_page, kv = plan.page_size, -1, {}
@@ -130,12 +130,16 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
             page_size, dequant_page, names = 0, plan.page_size, ("q_ptr", "o_ptr", "lse_ptr")
             kv = dict(k_ptr=kd, v_ptr=vd, kv_indices_ptr=None, stride_kpage=0, stride_kn=kd.stride(0),
                       stride_kh=kd.stride(1), stride_vpage=0, stride_vn=vd.stride(0), stride_vh=vd.stride(1))
+        cap = var.soft_cap  # logits cap tanh(q.k sm_scale / cap): the kernel's exp2 scale is then cap log2(e)
         attn = launch(prefill_ws_kernel, grid, num_warps=4, num_pages=k.shape[0] if page_size else 0,
-                      vt_ptr=vt, stride_vth=vt.stride(0) if vt is not None else 0,
-                      stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=sm_scale * LOG2E.value,
-                      v_scale=v_scale, HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N,
-                      STAGES=HOPPER_STAGES[q.element_size()], CONSUMER_REGS=HOPPER_CONSUMER_REGS,
-                      PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page, **{**common, **kv})
+                      vt_ptr=vt, sinks_ptr=sinks, stride_vth=vt.stride(0) if vt is not None else 0,
+                      stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=(cap or sm_scale) * LOG2E.value,
+                      v_scale=v_scale, window_left=var.window_left, softcap_in=sm_scale / cap if cap else 1.0,
+                      HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES[q.element_size()],
+                      CONSUMER_REGS=HOPPER_CONSUMER_REGS, PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page,
+                      HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=cap > 0, HAS_SINKS=sinks is not None,
+                      **{**common, **kv})
+        names += ("sinks_ptr",)
     else:
         use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)
         attn = launch(

@@ -115,16 +115,15 @@ def hopper_covers(plan, device: torch.device, backend: str = "auto") -> bool:
     """Whether a batch prefill plan is one the Gluon wgmma kernel (kernels/prefill_hopper.py)
     computes: on sm_90 (never under the interpreter) unless backend="fa2"; q, k and v of one
     dtype, 16-bit or fp8 e4m3, or 16-bit q over an fp8 KV (read from a dequantized copy); equal
-    head dims of 64 or 128, row tiles of 64 or 128, causal or not, with no custom mask, window,
-    soft cap, RoPE or ALiBi; a ragged KV, or pages of 8-64 tokens."""
+    head dims of 64 or 128, row tiles of 64 or 128, causal or not, window and soft cap or not,
+    with no custom mask, RoPE or ALiBi; a ragged KV, or pages of 8-64 tokens."""
     var = plan.variant
     pages_ok = not plan.page_size or (plan.page_size in (8, 16, 32, 64) and plan.block_n % plan.page_size == 0)
     dtypes_ok = ((plan.q_dtype in (torch.float16, torch.bfloat16) and plan.kv_dtype in (plan.q_dtype, *_FP8))
                  or plan.q_dtype == plan.kv_dtype == torch.float8_e4m3fn)
     return (backend != "fa2" and not is_interpreting() and _is_sm90(device) and pages_ok and dtypes_ok
             and plan.packed_mask is None and plan.head_dim_qk == plan.head_dim_vo and plan.head_dim_qk in (64, 128)
-            and plan.block_m in (64, 128) and not (var.use_rope or var.use_alibi or var.soft_cap > 0)
-            and var.window_left < 0)
+            and plan.block_m in (64, 128) and not (var.use_rope or var.use_alibi))
 
 
 def prepass_len(tokens: int, batch: int) -> int:
@@ -168,15 +167,15 @@ def dequant_kv(kd: torch.Tensor, vd: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 
 def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strides: tuple,
-                   sinks: Optional[torch.Tensor], backend: str = "auto") -> bool:
+                   backend: str = "auto") -> bool:
     """Whether this launch of a batch prefill plan runs on the Gluon kernel: a plan it covers
     (hopper_covers) with the pre-pass buffer it needs (fp8 q: V^T, plan.v_t; 16-bit q over an
-    fp8 KV: the dequantized K/V, plan.kv_dq; the plan holds them when they fit), no sinks, and
+    fp8 KV: the dequantized K/V, plan.kv_dq; the plan holds them when they fit), and
     K/V read through tensor descriptors (16-byte aligned token and head strides; a page stride
     that is a whole number of token strides). strides: (k page, k token, k head, v page, v token,
     v head) in elements. Everything else runs on the portable kernel (kernels/prefill.py)."""
     kp, kn, kh, vp, vn, vh = strides
-    if not (hopper_covers(plan, q.device, backend) and sinks is None):
+    if not hopper_covers(plan, q.device, backend):
         return False
     if q.element_size() == 2 and k.element_size() == 1:  # the kernel reads the dequantized copy
         return plan.kv_dq is not None

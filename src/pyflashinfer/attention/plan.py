@@ -231,22 +231,34 @@ class PrefillPlan:
         return ""
 
 
+def window_start(qo_lens: torch.Tensor, seq_lens: torch.Tensor, window_left: int, align: int) -> torch.Tensor:
+    """Each request's first KV token that any of its rows sees through a sliding window (inclusive
+    window_left; -1: none, 0), rounded down to a multiple of `align` (the kernels' KV tile)."""
+    if window_left < 0:
+        return torch.zeros_like(seq_lens)
+    return (seq_lens - qo_lens - window_left).clamp(min=0) // align * align
+
+
 def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_lens: torch.Tensor, group: int,
                          block_m: int, causal: bool, chunk: int, pin: bool, max_work: Optional[int] = None,
-                         max_qo: Optional[int] = None) -> tuple[torch.Tensor, int, int]:
+                         max_qo: Optional[int] = None, window_left: int = -1,
+                         kv_align: int = 64) -> tuple[torch.Tensor, int, int]:
     """The plan's int32 host buffer, its work count and its partial-row count.
 
-    Every request's rows are cut into BLOCK_M tiles; a request longer than `chunk` KV tokens is
-    split into chunks, one work item per (row tile, chunk), each writing partial states (slot =
-    chunk index). A split request's token t owns partial rows part_indptr[t] .. + chunks
-    (token-major), part_indptr [total_qo + 1] being the buffer's last section. Work items come
-    heaviest first (most keys to visit), so the short tiles of a causal prefill fill in behind
-    the long ones instead of leaving SMs idle at the end. max_work / max_qo (CUDA-graph plans):
-    the work list's and the token sections' fixed lengths, padded (request -1)."""
+    Every request's rows are cut into BLOCK_M tiles; a request whose KV range is longer than
+    `chunk` tokens is split into chunks, one work item per (row tile, chunk), each writing partial
+    states (slot = chunk index). With a sliding window the range starts at window_start (keys
+    before it are outside every row's window). A split request's token t owns partial rows
+    part_indptr[t] .. + chunks (token-major), part_indptr [total_qo + 1] being the buffer's last
+    section. Work items come heaviest first (most keys to visit), so the short tiles of a causal
+    prefill fill in behind the long ones instead of leaving SMs idle at the end. max_work / max_qo
+    (CUDA-graph plans): the work list's and the token sections' fixed lengths, padded (request -1)."""
     batch = seq_lens.numel()
     qo_lens = (qo_indptr[1:] - qo_indptr[:-1]).to(torch.int32)
     tiles = (qo_lens * group + block_m - 1) // block_m
-    chunks = torch.where(seq_lens > chunk, (seq_lens + chunk - 1) // chunk, 1).to(torch.int32)
+    kv_first = window_start(qo_lens, seq_lens, window_left, kv_align)
+    span = seq_lens - kv_first
+    chunks = torch.where(span > chunk, (span + chunk - 1) // chunk, 1).to(torch.int32)
     items = tiles * chunks
     num_work = int(items.sum())
     if max_work is None:
@@ -258,13 +270,15 @@ def build_prefill_buffer(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, seq_l
     within = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(torch.cumsum(items, 0) - items, items)
     m_tile, j = within // chunks[r], within % chunks[r]
     split = chunks[r] > 1
-    lo = torch.where(split, j * chunk, 0)
+    lo = kv_first[r] + torch.where(split, j * chunk, 0)
     hi = torch.where(split, torch.minimum(lo + chunk, seq_lens[r]), seq_lens[r])
-    end = hi
+    start, end = lo, hi
     if causal:  # the tile's last row sees up to its token's position (bottom-right aligned)
         last_row = torch.minimum((m_tile + 1) * block_m, qo_lens[r] * group) - 1
         end = torch.minimum(hi, (last_row // group + seq_lens[r] - qo_lens[r] + 1).clamp(min=0))
-    order = torch.argsort((end - lo).clamp(min=0), descending=True, stable=True)
+    if window_left >= 0:  # and its first row from its window's first key
+        start = torch.maximum(lo, m_tile * block_m // group + seq_lens[r] - qo_lens[r] - window_left)
+    order = torch.argsort((end - start).clamp(min=0), descending=True, stable=True)
     total_qo = int(qo_indptr[-1])
     max_qo = total_qo if max_qo is None else max_qo
     per_token = torch.repeat_interleave(torch.where(chunks > 1, chunks, 0), qo_lens.long())

@@ -24,7 +24,7 @@ from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import prefill_launch
 from .host_checks import cache_ref, host_indptr, host_page_table, planned_dtypes, run_outputs, same_cache
 from .launch import Variant, _pow2, hopper_covers, prefill_tile, prepass_len
-from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk
+from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk, window_start
 
 _BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
 
@@ -137,13 +137,14 @@ class _BatchPrefillWrapper:
             max_work = None
         tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
         min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
-        chunk = choose_chunk(seq_lens_h, tiles * num_kv_heads, 2 * num_sms(self._device), tile.block_n,
+        spans = seq_lens_h - window_start(qo_lens, seq_lens_h, window_left, tile.block_n)  # the KV a window leaves
+        chunk = choose_chunk(spans, tiles * num_kv_heads, 2 * num_sms(self._device), tile.block_n,
                              min_chunk, None if fixed_split_size is None else fixed_split_size * max(page_size, 1),
                              disable_split_kv)
         host, num_work, num_partials = build_prefill_buffer(
             qo_h, kv_indptr_h, seq_lens_h, group, tile.block_m, causal=bool(causal) and packed is None,
             chunk=chunk, pin=self._device.type == "cuda", max_work=max_work,
-            max_qo=None if graph is None else graph["max_qo"])
+            max_qo=None if graph is None else graph["max_qo"], window_left=window_left, kv_align=tile.block_n)
         if graph is not None:
             buf = graph["buffer"]
             self._graph_buffers["qo_indptr_buf"].copy_(qo_indptr, non_blocking=non_blocking)
@@ -346,7 +347,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
 
     backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
     (launch.hopper_prefill: 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV; head dim
-    64/128, no mask/window/soft cap/RoPE/ALiBi/sinks; for the paged wrapper, pages of 8-64
+    64/128, window/soft cap/sinks or not, no mask/RoPE/ALiBi; for the paged wrapper, pages of 8-64
     tokens; fp8 plans hold the buffer their launch writes first, see _with_prepass)
     and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's
     other names are accepted and mean "auto".

@@ -6,8 +6,8 @@ and rows of a tile are packed (token, head-in-group) pairs of one KV head, so a 
 shares every K/V tile. It covers a ragged (contiguous) or paged (pages of 8-64 tokens) KV cache
 with 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV (which a pre-pass dequantizes into
 a ragged copy the kernel then reads: DEQUANT_PAGE >= 0, the source's page size), equal head
-dims of 64 or 128, causal or not (launch.hopper_prefill says when); everything else goes to the
-portable kernel.
+dims of 64 or 128, causal or not, with a sliding window, a soft cap and sinks or not
+(launch.hopper_prefill says when); everything else goes to the portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
@@ -22,13 +22,16 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   (the two warpgroups taking turns on the tensor cores through barriers) measured slower here
   (benchmarks/RESULTS.md).
 - Logits stay raw q.k until one FMA per element folds in qk_scale = sm_scale * log2(e) inside
-  the exp2; only tiles that the causal bound or the kv range cut are masked.
+  the exp2 (with a soft cap: tanh(q.k sm_scale / cap) first, qk_scale = cap log2(e)); only
+  tiles that the causal bound, the kv range or the window's edge cut are masked, and tiles
+  wholly before a row tile's window are never loaded. Sinks join the state before it is
+  finalized (a split's partial states get them in the merge).
 - fp8: both products on fp8 tensor cores, P rounded to e4m3 (as FA3's fp8 path does). fp8
   wgmma reads both operands K-major, so P V reads V^T, which the launch writes first
   (kernels/kv_prepass.py) with its columns in the order in which each thread already holds P
   (_p_operand: no shuffles). v_scale is folded into 1 / l.
 
-Measured on the H100 with benchmarks/bench_prefill.py; see benchmarks/RESULTS.md.
+Measured on the H100 and the H200 with benchmarks/bench_prefill.py; see benchmarks/RESULTS.md.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -45,16 +48,31 @@ def _io_layout(head_dim, num_warps):
 
 
 @gluon.jit
-def _mask(s, start_n, seen_by_all, hi, q_pos, IS_CAUSAL: gl.constexpr, BLOCK_N: gl.constexpr,
-          col_layout: gl.constexpr):
-    """Raw q.k of one tile with keys past hi or (causal) after the row's position set to -inf,
-    on the tiles that have any."""
+def _mask(s, start_n, seen_by_all, window_all, hi, q_pos, window_left, IS_CAUSAL: gl.constexpr,
+          HAS_WINDOW: gl.constexpr, BLOCK_N: gl.constexpr, col_layout: gl.constexpr):
+    """Logits of one tile with keys past hi, (causal) after the row's position or (window)
+    before its window set to -inf, on the tiles that have any: those reaching past seen_by_all,
+    or (window) starting before window_all, the first key every row's window holds."""
     if start_n + BLOCK_N > seen_by_all:
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
         keep = offs_n[None, :] < hi
         if IS_CAUSAL:
             keep = keep & (offs_n[None, :] <= q_pos[:, None])
         s = gl.where(keep, s, float("-inf"))
+    if HAS_WINDOW:
+        if start_n < window_all:
+            offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
+            s = gl.where(offs_n[None, :] >= (q_pos - window_left)[:, None], s, float("-inf"))
+    return s
+
+
+@gluon.jit
+def _soft_cap(s, softcap_in, HAS_SOFTCAP: gl.constexpr):
+    """Raw q.k -> tanh(q.k sm_scale / cap) with the soft cap (the caller's qk_scale is then
+    cap log2(e)), one tanh.approx per logit as FA3 and FlashInfer do; as it is without."""
+    if HAS_SOFTCAP:
+        s = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [s * softcap_in], dtype=gl.float32,
+                                      is_pure=True, pack=1)
     return s
 
 
@@ -102,6 +120,8 @@ class _WsArgs:
     slot: gl.tensor
     qk_scale: gl.tensor
     v_scale: gl.tensor
+    window_left: gl.tensor
+    softcap_in: gl.tensor
     HEAD_DIM: gl.constexpr
     BLOCK_N: gl.constexpr
     STAGES: gl.constexpr
@@ -109,12 +129,16 @@ class _WsArgs:
     WRITE_LSE: gl.constexpr
     HAS_PARTIALS: gl.constexpr
     FP8: gl.constexpr
+    HAS_WINDOW: gl.constexpr
+    HAS_SOFTCAP: gl.constexpr
+    HAS_SINKS: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on,
                  stride_oh, stride_ln, stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size,
-                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, v_scale, HEAD_DIM,
-                 BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8):
+                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, v_scale,
+                 window_left, softcap_in, HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8,
+                 HAS_WINDOW, HAS_SOFTCAP, HAS_SINKS):
         self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
         self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
         self.k_desc, self.v_desc = k_desc, v_desc
@@ -123,9 +147,12 @@ class _WsArgs:
         self.pid_h, self.group_size, self.q_start, self.num_rows = pid_h, group_size, q_start, num_rows
         self.first_row, self.q_offset, self.kv_len, self.lo, self.hi = first_row, q_offset, kv_len, lo, hi
         self.n_tiles, self.slot, self.qk_scale, self.v_scale = n_tiles, slot, qk_scale, v_scale
+        self.window_left, self.softcap_in = window_left, softcap_in
         self.HEAD_DIM, self.BLOCK_N, self.STAGES = gl.constexpr(HEAD_DIM), gl.constexpr(BLOCK_N), gl.constexpr(STAGES)
         self.IS_CAUSAL, self.WRITE_LSE = gl.constexpr(IS_CAUSAL), gl.constexpr(WRITE_LSE)
         self.HAS_PARTIALS, self.FP8 = gl.constexpr(HAS_PARTIALS), gl.constexpr(FP8)
+        self.HAS_WINDOW, self.HAS_SOFTCAP = gl.constexpr(HAS_WINDOW), gl.constexpr(HAS_SOFTCAP)
+        self.HAS_SINKS = gl.constexpr(HAS_SINKS)
 
 
 @gluon.jit
@@ -173,9 +200,9 @@ def _copy_tile(desc, smem, bar, row, kv_len, paging, WHICH: gl.constexpr, BLOCK_
 def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     """One warpgroup: rows [64 WG, 64 WG + 64) of the tile, S of tile j issued before P V of
     tile j - 1 (the softmax of j overlaps that product). ptrs: q and its token and head strides,
-    then the output pointers (o, lse, part_o, part_lse, part_indptr), any of the last four None
-    when unused."""
-    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr = ptrs
+    then the output pointers (o, lse, part_o, part_lse, part_indptr) and sinks, any of the last
+    five None when unused."""
+    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr = ptrs
     dtype: gl.constexpr = a.k_smem.dtype
     BLOCK_N: gl.constexpr = a.BLOCK_N
     HEAD_DIM: gl.constexpr = a.HEAD_DIM
@@ -203,10 +230,12 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     gl.thread_barrier()
     offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
     q_pos = offs_m // a.group_size + a.q_offset
-    # Whole tiles below what the warpgroup's first row sees need no mask.
+    # Whole tiles below what the warpgroup's first row sees (and, with a window, from the first
+    # key its last row's window holds) need no mask.
     seen_by_all = a.hi
     if a.IS_CAUSAL:
         seen_by_all = gl.minimum(a.hi, (a.first_row + WG * 64) // a.group_size + a.q_offset + 1)
+    window_all = (gl.minimum(a.first_row + WG * 64 + 64, a.num_rows) - 1) // a.group_size + a.q_offset - a.window_left
     m_i = gl.full([64], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([64], gl.float32, layout=row_s)
     acc = gl.zeros([64, HEAD_DIM], gl.float32, layout=o_layout)
@@ -217,7 +246,8 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
         s = warpgroup_mma(q_smem, a.k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
         mbarrier.arrive(a.k_empty.index(0), count=1)
-        s = _mask(s, a.lo, seen_by_all, a.hi, q_pos, a.IS_CAUSAL, BLOCK_N, col_s)
+        s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), a.lo, seen_by_all, window_all, a.hi, q_pos,
+                  a.window_left, a.IS_CAUSAL, a.HAS_WINDOW, BLOCK_N, col_s)
         m_i, l_i, alpha, p = _softmax(s, m_i, l_i, a.qk_scale)
         p = _p_operand(p, dtype, p_layout, a.FP8)
         for j in range(1, n_tiles):
@@ -229,7 +259,8 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
             acc = warpgroup_mma(p, _v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
             mbarrier.arrive(a.k_empty.index(ks), count=1)
-            s = _mask(s, a.lo + j * BLOCK_N, seen_by_all, a.hi, q_pos, a.IS_CAUSAL, BLOCK_N, col_s)
+            s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), a.lo + j * BLOCK_N, seen_by_all, window_all,
+                      a.hi, q_pos, a.window_left, a.IS_CAUSAL, a.HAS_WINDOW, BLOCK_N, col_s)
             m_i, l_i, alpha, p_new = _softmax(s, m_i, l_i, a.qk_scale)
             acc, p = _pv_wait(acc, p, a.FP8)
             mbarrier.arrive(a.v_empty.index(vs), count=1)
@@ -242,6 +273,12 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
         acc = warpgroup_mma(p, _v_operand(a.v_smem.index(last % STAGES), a.FP8), acc, is_async=True)
         acc, p = _pv_wait(acc, p, a.FP8)
         mbarrier.arrive(a.v_empty.index(last % STAGES), count=1)
+
+    if a.HAS_SINKS:  # a sink logit per qo head joins the denominator (a split's partials get it when merged)
+        sink = gl.load(sinks_ptr + a.pid_h * a.group_size + offs_m % a.group_size,
+                       mask=(offs_m < a.num_rows) & (a.slot < 0), other=float("-inf")).to(gl.float32)
+        m_i, l_i, alpha, _ = _softmax(sink[:, None], m_i, l_i, 1.4426950408889634)  # natural log -> log2
+        acc = acc * gl.convert_layout(alpha, row_o)[:, None]
 
     # Finalize: out = acc v_scale / l (0 for rows that saw nothing), lse = m + log2 l (-inf for them).
     empty = l_i == 0.0
@@ -333,18 +370,19 @@ def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_
         gl.store(lse_ptr + rows * stride_ln + head * stride_lh, lse, mask=mask_m)
 
 
-@gluon.jit(do_not_specialize=["group_size", "num_pages"])
+@gluon.jit(do_not_specialize=["group_size", "num_pages", "window_left"])
 def prefill_ws_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
-    vt_ptr,
+    vt_ptr, sinks_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_on, stride_oh, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh, stride_vth, stride_vtd,
-    group_size, num_pages, qk_scale, v_scale,
+    group_size, num_pages, qk_scale, v_scale, window_left, softcap_in,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-    PAGE_SIZE: gl.constexpr, DEQUANT_PAGE: gl.constexpr,
+    PAGE_SIZE: gl.constexpr, DEQUANT_PAGE: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+    HAS_SINKS: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     FP8: gl.constexpr = dtype.is_fp8()
@@ -374,6 +412,8 @@ def prefill_ws_kernel(
     q_offset = kv_len - qo_len  # causal alignment: bottom-right
     if IS_CAUSAL:
         hi = gl.minimum(hi, last_row // group_size + q_offset + 1)
+    if HAS_WINDOW:  # keys before the first row's window: skipped from a multiple of 64 (of any page size) on
+        lo = gl.maximum(lo, gl.maximum(first_row // group_size + q_offset - window_left, 0) // 64 * 64)
     n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
 
     q_smem = gl.allocate_shared_memory(dtype, [WGS, 64, HEAD_DIM], q_smem_layout)  # filled by the consumers
@@ -417,13 +457,14 @@ def prefill_ws_kernel(
                                             [HEAD_DIM, (kv_len + 15) // 16 * 16], [stride_vtd, 1], [HEAD_DIM, BLOCK_N],
                                             vt_smem_layout)
     ptrs = (q_ptr, gl.to_tensor(stride_qn), gl.to_tensor(stride_qh), o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
-            part_indptr_ptr)
+            part_indptr_ptr, sinks_ptr)
     a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on),
                 gl.to_tensor(stride_oh), gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn),
                 gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h,
                 gl.to_tensor(group_size), q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot,
-                gl.to_tensor(qk_scale), gl.to_tensor(v_scale), HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE,
-                HAS_PARTIALS, FP8)
+                gl.to_tensor(qk_scale), gl.to_tensor(v_scale), gl.to_tensor(window_left), gl.to_tensor(softcap_in),
+                HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8, HAS_WINDOW, HAS_SOFTCAP,
+                HAS_SINKS)
     if WGS == 2:
         gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_consumer, (a, ptrs, 1, PAGE_SIZE)),
                             (_ws_producer, (a, paging, PAGE_SIZE))], [4, 1], [CONSUMER_REGS, 24])
