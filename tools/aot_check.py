@@ -152,7 +152,9 @@ def gluon_variants() -> list[dict]:
              (64, 64, False, True, "fp8e4nv", 0, ""), (64, 128, False, False, "fp8e4nv", 64, "")],
             [(128, 128, True, True, "bf16", "dq16", ""), (64, 64, False, False, "fp16", "dq0", "")],
             [(128, 128, True, True, "bf16", 0, "wcs"), (128, 128, True, False, "bf16", 16, "w"),
-             (64, 64, False, True, "fp16", 0, "cs"), (128, 128, True, True, "fp8e4nv", 16, "wc")]):
+             (64, 64, False, True, "fp16", 0, "cs"), (128, 128, True, True, "fp8e4nv", 16, "wc")],
+            [(256, 64, True, True, "bf16", 0, "wcs"), (256, 64, False, False, "fp16", 16, ""),
+             (256, 64, True, False, "bf16", "dq16", "")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
         if "s" in feats:
             sig["sinks_ptr"] = "*fp32"
@@ -177,7 +179,7 @@ def gluon_variants() -> list[dict]:
             sig[n] = t if extra else "constexpr"
             if not extra:
                 consts[n] = None
-        consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N,
+        consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N[d],
                       STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
                       PAGE_SIZE=page, DEQUANT_PAGE=dequant_page, HAS_WINDOW="w" in feats, HAS_SOFTCAP="c" in feats,

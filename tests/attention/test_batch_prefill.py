@@ -394,6 +394,7 @@ HOPPER = [
     ("g5-d128-chunked", [129, 64], [1000, 2100], 10, 2, 128, True),
     ("g7-d64-split", [16, 300], [9000, 300], 7, 1, 64, True),
     ("g8-d128-kv0", [50, 70], [50, 0], 8, 1, 128, False),
+    ("g2-d256-causal", [300, 1], [700, 1], 8, 4, 256, True),
 ]
 
 
@@ -443,6 +444,7 @@ HOPPER_PAGED = [
     ("p16-nhd-g4-causal", [300, 0, 17, 129], [1000, 5, 17, 129], 8, 2, 128, 16, "NHD", True),
     ("p64-hnd-g3-noncausal", [64, 200], [700, 200], 6, 2, 64, 64, "HND", False),
     ("p8-nhd-g1-split", [16, 40], [5000, 40], 4, 4, 128, 8, "NHD", True),
+    ("p16-nhd-g2-d256-noncausal", [40, 130], [300, 130], 4, 2, 256, 16, "NHD", False),
     ("p1-falls-back", [20], [50], 4, 2, 64, 1, "NHD", True),
 ]
 
@@ -484,6 +486,8 @@ HOPPER_VARIANTS = [
      dict(causal=True, window_left=1000, logits_soft_cap=20.0)),
     ("p16-fp8kv-g8-cap-window-sinks", [100, 5], [900, 5], 8, 1, 128, 16, BF16, E4M3, True,
      dict(causal=True, window_left=500, logits_soft_cap=15.0)),
+    ("ragged-g2-d256-window-cap-sinks", [500, 9], [900, 9], 16, 8, 256, 0, BF16, BF16, True,
+     dict(causal=True, window_left=256, logits_soft_cap=50.0)),
 ]
 
 

@@ -22,11 +22,12 @@ from .kernels.prefill_hopper import prefill_ws_kernel
 from .launch import _pow2, dequant_kv, fp8_qk, hopper_prefill, kv_tma, merge_states_into, write_vt
 from .plan import section
 
-# The Gluon kernel's KV tile: 128 led 64 on every prefill workload of PERFORMANCE.md (H100,
-# 2026-11-23: 499 / 588 TFLOP/s at llama3-8b L4096 / L16384 against 441 / 513 with 64);
+# The Gluon kernel's KV tile by head dim: 128 led 64 on every prefill workload of PERFORMANCE.md
+# (H100, 2026-11-23: 499 / 588 TFLOP/s at llama3-8b L4096 / L16384 against 441 / 513 with 64);
+# d256 takes 64, its two K/V slots of 64 x 256 fitting shared memory beside the Q rows;
 # the consumer warpgroup's registers: the default partition keeps 256, so 232 + 24 for the
 # producer fill the 512 per thread of the three warpgroups.
-HOPPER_BLOCK_N = 128
+HOPPER_BLOCK_N = {64: 128, 128: 128, 256: 64}
 HOPPER_CONSUMER_REGS = 232
 # K/V ring slots by element size: three 16-bit slots do not fit at d128 (245,888 B of shared
 # memory); three fp8 slots fit but measured no faster (H200, 2026-12-04: L16384 664.8 -> 654.8
@@ -135,8 +136,8 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
                       vt_ptr=vt, sinks_ptr=sinks, stride_vth=vt.stride(0) if vt is not None else 0,
                       stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=(cap or sm_scale) * LOG2E.value,
                       v_scale=v_scale, window_left=var.window_left, softcap_in=sm_scale / cap if cap else 1.0,
-                      HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N, STAGES=HOPPER_STAGES[q.element_size()],
-                      CONSUMER_REGS=HOPPER_CONSUMER_REGS, PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page,
+                      HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N[plan.head_dim_qk],
+                      STAGES=HOPPER_STAGES[q.element_size()], CONSUMER_REGS=HOPPER_CONSUMER_REGS, PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page,
                       HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=cap > 0, HAS_SINKS=sinks is not None,
                       **{**common, **kv})
         names += ("sinks_ptr",)
