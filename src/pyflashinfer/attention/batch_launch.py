@@ -137,7 +137,8 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
                       stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=(cap or sm_scale) * LOG2E.value,
                       v_scale=v_scale, window_left=var.window_left, softcap_in=sm_scale / cap if cap else 1.0,
                       HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N[plan.head_dim_qk],
-                      STAGES=HOPPER_STAGES[q.element_size()], CONSUMER_REGS=HOPPER_CONSUMER_REGS, PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page,
+                      STAGES=HOPPER_STAGES[q.element_size()], CONSUMER_REGS=HOPPER_CONSUMER_REGS,
+                      PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page,
                       HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=cap > 0, HAS_SINKS=sinks is not None,
                       **{**common, **kv})
         names += ("sinks_ptr",)

@@ -6,8 +6,9 @@ and rows of a tile are packed (token, head-in-group) pairs of one KV head, so a 
 shares every K/V tile. It covers a ragged (contiguous) or paged (pages of 8-64 tokens) KV cache
 with 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV (which a pre-pass dequantizes into
 a ragged copy the kernel then reads: DEQUANT_PAGE >= 0, the source's page size), equal head
-dims of 64 or 128 (or 256 with 16-bit q: 64-key tiles), causal or not, with a sliding window, a soft cap and sinks or not
-(launch.hopper_prefill says when); everything else goes to the portable kernel.
+dims of 64 or 128 (or 256 with 16-bit q: 64-key tiles), causal or not, with a sliding window,
+a soft cap and sinks or not (launch.hopper_prefill says when); everything else goes to the
+portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
