@@ -499,38 +499,23 @@ def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch):
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
     used = _spy_hopper_prefill(monkeypatch)
     fp8_q = q_dtype == E4M3
-    layout = "HND" if "hnd" in name else "NHD"
-    if page:
-        cache, table, ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, kv_dtype, device, layout,
-                                                           as_tuple=False)
-        _poison_unused_rows(cache, *table, layout)
-    else:
-        amp, kv_scale = (4, 0.5) if kv_dtype == E4M3 else (1, 1.0)
-        ks = [(torch.randn(n, h_kv, d, device=device) * amp).to(kv_dtype) for n in kv_lens]
-        vs = [(torch.randn(n, h_kv, d, device=device) * amp).to(kv_dtype) for n in kv_lens]
+    kv = _kv_inputs(name, kv_lens, h_kv, d, page, kv_dtype, device)
     if fp8_q:
         scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
     else:
-        scales = dict(k_scale=kv_scale, v_scale=kv_scale) if kv_dtype == E4M3 else {}
+        scales = dict(k_scale=kv["kv_scale"], v_scale=kv["kv_scale"]) if kv_dtype == E4M3 else {}
     qs = [(torch.randn(n, h_qo, d, device=device) * (4 if fp8_q else 1)).to(q_dtype) for n in qo_lens]
     sinks = torch.randn(h_qo, device=device) * 2 if with_sinks else None
     split = dict(fixed_split_size=256 // page if page else 1024) if "split" in name else {}
     for backend in ("auto", "fa2"):
         ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
-        plan_kw = dict(q_data_type=q_dtype, kv_data_type=kv_dtype, **kw, **split)
-        if page:
-            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, layout, backend=backend)
-            w.plan(_i32(_indptr(qo_lens), device), *table, h_qo, h_kv, d, page, **plan_kw)
-            out, lse = w.run(torch.cat(qs), cache, sinks=sinks, return_lse=True, **scales)
-        else:
-            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
-            w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, **plan_kw)
-            out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), sinks=sinks, return_lse=True, **scales)
+        w, out, lse = _plan_and_run(kv, qo_lens, kv_lens, h_qo, h_kv, d, page, qs, ws, dict(sinks=sinks, **scales),
+                                    device, backend, q_data_type=q_dtype, kv_data_type=kv_dtype, **kw, **split)
         gluon = backend == "auto"
         assert used[-1] is gluon
         assert w.plan_value.num_partials > 0 or "split" not in name
-        _check(out, lse, qs, ks, vs, F16 if fp8_q else q_dtype, sinks=sinks, p_dtype=E4M3 if fp8_q and gluon else None,
-               **scales, **kw)
+        _check(out, lse, qs, kv["ks"], kv["vs"], F16 if fp8_q else q_dtype, sinks=sinks,
+               p_dtype=E4M3 if fp8_q and gluon else None, **scales, **kw)
 
 
 @pytest.mark.parametrize("page,grid_kv", [(0, None), (16, None), (5, 1)], ids=["ragged", "p16", "p5-looped"])
@@ -597,32 +582,46 @@ HOPPER_FP8 = [
 ]
 
 
-def _fp8_kv(case, device) -> dict:
-    """The case's KV in e4m3: ks/vs per request and their scale; paged, also the cache (its
-    unused rows NaN), its layout and page table."""
-    name, _, kv_lens, _, h_kv, d, page, _ = case
+def _kv_inputs(name, kv_lens, h_kv, d, page, kv_dtype, device) -> dict:
+    """A Gluon case's KV in kv_dtype: ks/vs per request and their scale (ragged e4m3: 4 x normal
+    values, scale 0.5); paged, also the cache (its unused rows NaN), its layout ("hnd" in the
+    case's name: HND) and page table."""
     if not page:
-        return dict(kv_scale=0.5, ks=[(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens],
-                    vs=[(torch.randn(n, h_kv, d, device=device) * 4).to(E4M3) for n in kv_lens])
+        amp, kv_scale = (4, 0.5) if kv_dtype == E4M3 else (1, 1.0)
+        ks, vs = ([(torch.randn(n, h_kv, d, device=device) * amp).to(kv_dtype) for n in kv_lens] for _ in range(2))
+        return dict(kv_scale=kv_scale, ks=ks, vs=vs)
     layout = "HND" if "hnd" in name else "NHD"
-    cache, table, ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device, layout, as_tuple=False)
+    cache, table, ks, vs, kv_scale = random_paged_cache(kv_lens, h_kv, d, page, kv_dtype, device, layout,
+                                                       as_tuple=False)
     _poison_unused_rows(cache, *table, layout)
     return dict(kv_scale=kv_scale, ks=ks, vs=vs, cache=cache, layout=layout, table=table)
+
+
+def _plan_and_run(kv, qo_lens, kv_lens, h_qo, h_kv, d, page, qs, ws, run_kw, device, backend="auto", **plan_kw):
+    """Plan a batch over kv (_kv_inputs; ragged or paged) and run it with run_kw; (wrapper, out, lse)."""
+    if page:
+        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, kv["layout"], backend=backend)
+        w.plan(_i32(_indptr(qo_lens), device), *kv["table"], h_qo, h_kv, d, page, **plan_kw)
+        out, lse = w.run(torch.cat(qs), kv["cache"], return_lse=True, **run_kw)
+    else:
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, **plan_kw)
+        out, lse = w.run(torch.cat(qs), torch.cat(kv["ks"]), torch.cat(kv["vs"]), return_lse=True, **run_kw)
+    return w, out, lse
+
+
+def _fp8_kv(case, device) -> dict:
+    name, _, kv_lens, _, h_kv, d, page, _ = case
+    return _kv_inputs(name, kv_lens, h_kv, d, page, E4M3, device)
 
 
 def _plan_and_run_fp8_case(case, kv, qs, ws, q_data_type, scales, device, backend="auto"):
     """Plan the case (fp8 KV, ragged or paged; split as its name says) and run it; (wrapper, out, lse)."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, causal = case
     split = ("split" in name) * (256 // max(page, 1) if page else 2048)
-    kw = dict(causal=causal, q_data_type=q_data_type, kv_data_type=E4M3, fixed_split_size=split or None)
-    if page:
-        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, kv["layout"], backend=backend)
-        w.plan(_i32(_indptr(qo_lens), device), *kv["table"], h_qo, h_kv, d, page, **kw)
-        out, lse = w.run(torch.cat(qs), kv["cache"], return_lse=True, **scales)
-    else:
-        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, backend=backend)
-        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, **kw)
-        out, lse = w.run(torch.cat(qs), torch.cat(kv["ks"]), torch.cat(kv["vs"]), return_lse=True, **scales)
+    w, out, lse = _plan_and_run(kv, qo_lens, kv_lens, h_qo, h_kv, d, page, qs, ws, scales, device, backend,
+                                causal=causal, q_data_type=q_data_type, kv_data_type=E4M3,
+                                fixed_split_size=split or None)
     assert w.plan_value.num_partials > 0 or "split" not in name
     return w, out, lse
 

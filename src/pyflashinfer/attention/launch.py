@@ -115,8 +115,8 @@ def hopper_covers(plan, device: torch.device, backend: str = "auto") -> bool:
     """Whether a batch prefill plan is one the Gluon wgmma kernel (kernels/prefill_hopper.py)
     computes: on sm_90 (never under the interpreter) unless backend="fa2"; q, k and v of one
     dtype, 16-bit or fp8 e4m3, or 16-bit q over an fp8 KV (read from a dequantized copy); equal
-    head dims of 64 or 128 (or 256 with 16-bit q), row tiles of 64 or 128, causal or not, window and soft cap or not,
-    with no custom mask, RoPE or ALiBi; a ragged KV, or pages of 8-64 tokens."""
+    head dims of 64 or 128 (or 256 with 16-bit q), row tiles of 64 or 128, causal or not, window
+    and soft cap or not, with no custom mask, RoPE or ALiBi; a ragged KV, or pages of 8-64 tokens."""
     var = plan.variant
     pages_ok = not plan.page_size or (plan.page_size in (8, 16, 32, 64) and plan.block_n % plan.page_size == 0)
     dtypes_ok = ((plan.q_dtype in (torch.float16, torch.bfloat16) and plan.kv_dtype in (plan.q_dtype, *_FP8))

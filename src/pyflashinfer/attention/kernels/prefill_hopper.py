@@ -41,6 +41,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.language.core import _aggregate as aggregate
 
+from .common import LOG2E
+
 
 @gluon.constexpr_function
 def _io_layout(head_dim, num_warps):
@@ -278,7 +280,7 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     if a.HAS_SINKS:  # a sink logit per qo head joins the denominator (a split's partials get it when merged)
         sink = gl.load(sinks_ptr + a.pid_h * a.group_size + offs_m % a.group_size,
                        mask=(offs_m < a.num_rows) & (a.slot < 0), other=float("-inf")).to(gl.float32)
-        m_i, l_i, alpha, _ = _softmax(sink[:, None], m_i, l_i, 1.4426950408889634)  # natural log -> log2
+        m_i, l_i, alpha, _ = _softmax(sink[:, None], m_i, l_i, LOG2E)  # natural log -> log2
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
 
     # Finalize: out = acc v_scale / l (0 for rows that saw nothing), lse = m + log2 l (-inf for them).
