@@ -4,6 +4,7 @@
     python benchmarks/bench_prefill.py --sweep     # tile configs x (TMA, pointer, paged) loads
     python benchmarks/bench_prefill.py --profile   # host overhead of run() on the smallest workload
     python benchmarks/bench_prefill.py --variants  # window, soft cap, sinks (llama3-8b L16384, gemma2 d256)
+    python benchmarks/bench_prefill.py --pages     # the paged wrapper by page size (1, 16, 128)
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
 the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
@@ -219,6 +220,52 @@ def bench_mixed(ws, rows):
         rows.append(row)
 
 
+# Page sizes of the paged wrapper (--pages): 1 (SGLang's default), 16 and 128; pages the Gluon
+# kernel does not copy itself (1, 128) reach it through a gathered copy (launch.kv_copied).
+PAGES = (1, 16, 128)
+
+
+def bench_pages(ws):
+    """The paged wrapper by page size on llama3-8b bs1 L4096 / L16384 and on chunked prefill (4
+    chunks of 512 over 8192 keys each), causal, bf16: the Gluon kernel (through the copy where the
+    page size needs one), the portable kernel (fa2) at page 1, and the ragged wrapper over the same
+    K/V (no copy: what the copy costs)."""
+    dt, rows = torch.bfloat16, []
+    chunked = Prefill("chunk 512 over kv 8192, bs4", 4, 8192, 32, 8, 128)
+    for w in (PREFILL[2], PREFILL[3], chunked):
+        qo = 512 if w is chunked else w.seq
+        qs = [torch.randn(qo, w.q_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+        ks = [torch.randn(w.seq, w.kv_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+        vs = [torch.randn(w.seq, w.kv_heads, w.head_dim, device="cuda", dtype=dt) for _ in range(w.batch)]
+        q_cat, k_cat, v_cat = torch.cat(qs), torch.cat(ks), torch.cat(vs)
+        qo_indptr = torch.arange(0, (w.batch + 1) * qo, qo, dtype=torch.int32, device="cuda")
+        kv_indptr = torch.arange(0, (w.batch + 1) * w.seq, w.seq, dtype=torch.int32, device="cuda")
+        flops = w.batch * _causal_flops(qo, w.seq, w.q_heads, w.head_dim)
+        ragged = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+        ragged.plan(qo_indptr, kv_indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, q_data_type=dt)
+        paths = [("ragged wrapper", lambda: ragged.run(q_cat, k_cat, v_cat), "ragged")]
+        for page in PAGES:
+            cache, p_indptr, p_indices, p_last = _paged(ks, vs, page)
+            for backend in ("auto", "fa2") if page == 1 else ("auto",):
+                wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, backend=backend)
+                wr.plan(qo_indptr, p_indptr, p_indices, p_last, w.q_heads, w.kv_heads, w.head_dim, page,
+                        causal=True, q_data_type=dt)
+                how = "portable kernel (fa2)" if backend == "fa2" else \
+                    "Gluon through a copy" if wr.plan_value.kv_copy is not None else "Gluon"
+                paths.append((f"paged wrapper p{page}", lambda wr=wr, c=cache: wr.run(q_cat, c), how))
+        for label, fn, how in paths:
+            out, first = _first_call(fn)
+            err = _check(f"{w.name} {label}", out[-qo:], qs[-1], ks[-1], vs[-1])
+            t, tg = time_host(fn), time_graph(fn)
+            row = {"workload": w.name, "impl": label, "kernel": how, "us": t * 1e6, "TFLOP/s": flops / t / 1e12,
+                   "graph us": tg and tg * 1e6, "graph TFLOP/s": tg and flops / tg / 1e12, "rel err": err,
+                   "first call s": first}
+            print(row, flush=True)
+            rows.append(row)
+    print(table(rows, ["workload", "impl", "kernel", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "rel err",
+                       "first call s"]))
+
+
 def bench_variants(ws):
     """llama3-8b bs1 L16384 (causal, bf16, ragged) with a sliding window of 4096 keys
     (window_left 4095, as Mistral), a soft cap of 50 (as Gemma 2), sinks (as gpt-oss), and all
@@ -350,6 +397,7 @@ def main():
     ap.add_argument("--profile", action="store_true", help="only: host overhead of run() at llama2-7b bs1 L512")
     ap.add_argument("--sweep", action="store_true", help="only: d128 tile configs on the batch wrappers")
     ap.add_argument("--variants", action="store_true", help="only: window, soft cap and sinks at L16384")
+    ap.add_argument("--pages", action="store_true", help="only: the paged wrapper by page size (1, 16, 128)")
     args = ap.parse_args()
     if args.sweep:
         return sweep()
@@ -358,6 +406,9 @@ def main():
         return bench_variants(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
     if args.profile:
         return profile()
+    if args.pages:
+        print(run_info(), flush=True)
+        return bench_pages(torch.empty(512 << 20, dtype=torch.uint8, device="cuda"))
     torch.manual_seed(0)
     MM_TFLOPS["ceiling"] = matmul_ceiling_tflops()
     results = {**run_info(), "bf16 matmul TFLOP/s": MM_TFLOPS["ceiling"]}

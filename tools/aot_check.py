@@ -137,8 +137,8 @@ def gluon_variants() -> list[dict]:
     """The Gluon Hopper prefill kernel never runs under the interpreter, so no test run records
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
     with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64;
-    fp8 e4m3, ragged and paged; 16-bit q over a dequantized fp8 KV; with a window (w), a soft cap
-    (c) and sinks (s))."""
+    fp8 e4m3, ragged and paged; 16-bit q over a copied KV (fp8 dequantized, pages of 1 gathered);
+    with a window (w), a soft cap (c) and sinks (s))."""
     import itertools
 
     from pyflashinfer.attention import batch_launch
@@ -150,18 +150,19 @@ def gluon_variants() -> list[dict]:
              (64, 64, False, True, "bf16", 64, "")],
             [(128, 128, True, False, "fp8e4nv", 0, ""), (128, 128, True, True, "fp8e4nv", 16, ""),
              (64, 64, False, True, "fp8e4nv", 0, ""), (64, 128, False, False, "fp8e4nv", 64, "")],
-            [(128, 128, True, True, "bf16", "dq16", ""), (64, 64, False, False, "fp16", "dq0", "")],
+            [(128, 128, True, True, "bf16", "cp16", ""), (64, 64, False, False, "fp16", "cp0", ""),
+             (128, 128, True, False, "bf16", "cp1", "")],
             [(128, 128, True, True, "bf16", 0, "wcs"), (128, 128, True, False, "bf16", 16, "w"),
              (64, 64, False, True, "fp16", 0, "cs"), (128, 128, True, True, "fp8e4nv", 16, "wc")],
             [(256, 64, True, True, "bf16", 0, "wcs"), (256, 64, False, False, "fp16", 16, ""),
-             (256, 64, True, False, "bf16", "dq16", "")]):
+             (256, 64, True, False, "bf16", "cp16", "")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
         if "s" in feats:
             sig["sinks_ptr"] = "*fp32"
         else:
             sig["sinks_ptr"], consts["sinks_ptr"] = "constexpr", None
-        # "dqN": 16-bit q over an fp8 KV of pages of N tokens (0: ragged), read from its dequantized copy
-        dequant_page, page = (int(page[2:]), 0) if isinstance(page, str) else (-1, page)
+        # "cpN": 16-bit q over a KV of pages of N tokens (0: ragged) read from a pre-pass copy
+        copy_page, page = (int(page[2:]), 0) if isinstance(page, str) else (-1, page)
         if page:
             sig["kv_indices_ptr"] = "*i32"
         else:
@@ -182,7 +183,7 @@ def gluon_variants() -> list[dict]:
         consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N[d],
                       STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
-                      PAGE_SIZE=page, DEQUANT_PAGE=dequant_page, HAS_WINDOW="w" in feats, HAS_SOFTCAP="c" in feats,
+                      PAGE_SIZE=page, COPY_PAGE=copy_page, HAS_WINDOW="w" in feats, HAS_SOFTCAP="c" in feats,
                       HAS_SINKS="s" in feats)
         sig.update({n: "constexpr" for n in consts})
         out.append({"module": kernel.fn.__module__, "name": "prefill_ws_kernel", "signature": sig,

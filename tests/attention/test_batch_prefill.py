@@ -321,7 +321,7 @@ def test_cuda_graph_replay_after_replan(paged, dtype, kv_dtype, device):
         w.plan(_i32(_indptr(qo_b), device), _i32(_indptr(kv_b), device), h_qo, h_kv, d, causal=True, **types)
     assert w.plan_value.num_partials > 0, "plan B should split its long KV"
     assert (w.plan_value.v_t is not None) == (fp8 and _sm90())
-    assert (w.plan_value.kv_dq is not None) == (fp8_kv and not fp8 and _sm90())
+    assert (w.plan_value.kv_copy is not None) == (fp8_kv and not fp8 and _sm90())
     q[: sum(qo_b)] = torch.cat(qs)
     out.fill_(float("nan"))
     g.replay()
@@ -439,13 +439,17 @@ def _poison_unused_rows(cache, indptr, indices, last, layout):
 
 
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size, layout, causal): pages scattered, last pages
-# partly filled, the cache's unused rows and spare pages NaN (the kernel copies whole pages).
+# partly filled, the cache's unused rows and spare pages NaN (the kernel copies whole pages). Pages
+# of 1, 3 or 128 tokens reach the kernel through a gathered copy (launch.kv_copied).
 HOPPER_PAGED = [
     ("p16-nhd-g4-causal", [300, 0, 17, 129], [1000, 5, 17, 129], 8, 2, 128, 16, "NHD", True),
     ("p64-hnd-g3-noncausal", [64, 200], [700, 200], 6, 2, 64, 64, "HND", False),
     ("p8-nhd-g1-split", [16, 40], [5000, 40], 4, 4, 128, 8, "NHD", True),
     ("p16-nhd-g2-d256-noncausal", [40, 130], [300, 130], 4, 2, 256, 16, "NHD", False),
-    ("p1-falls-back", [20], [50], 4, 2, 64, 1, "NHD", True),
+    ("p1-nhd-g4-causal", [20, 0, 300], [50, 7, 1100], 8, 2, 128, 1, "NHD", True),
+    ("p3-hnd-g3-d64-split", [16, 5], [4000, 5], 6, 2, 64, 3, "HND", True),
+    ("p128-nhd-g2-noncausal", [70, 129], [600, 129], 4, 2, 128, 128, "NHD", False),
+    ("p1-nhd-g5-d256-chunked", [33, 1], [500, 64], 10, 2, 256, 1, "NHD", True),
 ]
 
 
@@ -465,7 +469,8 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
                q_data_type=BF16, fixed_split_size=256 if "split" in name else None)
         assert w.plan_value.num_partials > 0 or "split" not in name
         out, lse = w.run(torch.cat(qs), cache, return_lse=True)
-        assert used[-1] is (backend == "auto" and page > 1)
+        assert used[-1] is (backend == "auto")
+        assert (w.plan_value.kv_copy is not None) is (backend == "auto" and page in (1, 3, 128))
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
 
 
@@ -544,26 +549,28 @@ def test_write_vt(page, grid_kv, device):
         assert torch.equal(vt[:, :, cols.to(device)].float().cpu(), want.cpu()), f"request {b}"
 
 
-@pytest.mark.parametrize("page,grid_kv", [(0, 1), (16, None)], ids=["ragged-looped", "p16"])
-def test_dequant_kv(page, grid_kv, device):
-    """The pass that lets 16-bit q read an fp8 KV on the Hopper kernel: each request's K and V
-    in q's dtype, at its rows (16-aligned, a gap of 32 after each request)."""
-    from pyflashinfer.attention.launch import dequant_kv, prepass_len
+@pytest.mark.parametrize("page,grid_kv,kv_dtype", [(0, 1, E4M3), (16, None, E4M3), (1, None, BF16), (3, 1, BF16)],
+                         ids=["fp8-ragged-looped", "fp8-p16", "bf16-p1", "bf16-p3-looped"])
+def test_copy_kv(page, grid_kv, kv_dtype, device):
+    """The pass that lets the Hopper kernel read an fp8 KV (dequantized) or pages it does not copy
+    itself (gathered): each request's K and V in q's dtype, at its rows (16-aligned, a gap of 32
+    after each request)."""
+    from pyflashinfer.attention.launch import copy_kv, prepass_len
     kv_lens, h_kv, d = [0, 37, 200, 16], 2, 64
     if page:
-        cache, (indptr, indices, _), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, E4M3, device)
+        cache, (indptr, indices, _), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, kv_dtype, device)
         k, v = cache[0], cache[1]
         strides = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
         starts, tokens = indptr, int(indptr[-1]) * page
     else:
-        ks = [torch.randn(n, h_kv, d, device=device).to(E4M3) for n in kv_lens]
-        vs = [torch.randn(n, h_kv, d, device=device).to(E4M3) for n in kv_lens]
+        ks = [torch.randn(n, h_kv, d, device=device).to(kv_dtype) for n in kv_lens]
+        vs = [torch.randn(n, h_kv, d, device=device).to(kv_dtype) for n in kv_lens]
         k, v, indices = torch.cat(ks), torch.cat(vs), None
         strides = (0, k.stride(0), k.stride(1), 0, v.stride(0), v.stride(1))
         starts, tokens = _i32(_indptr(kv_lens), device), sum(kv_lens)
     n = prepass_len(tokens, len(kv_lens))
     kd, vd = (torch.full((n, h_kv, d), float("nan"), dtype=BF16, device=device) for _ in range(2))
-    dequant_kv(kd, vd, k, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens),
+    copy_kv(kd, vd, k, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens),
                grid_kv or max(kv_lens))
     for b, length in enumerate(kv_lens):
         base = (int(starts[b]) * max(page, 1) + 15) // 16 * 16 + 32 * b
@@ -640,7 +647,7 @@ def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
     for ws_bytes, gluon in ((64 << 20, True),) + (() if "split" in case[0] else ((4 << 10, False),)):
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
         w, out, lse = _plan_and_run_fp8_case(case, kv, qs, ws, BF16, scales, device)
-        assert used[-1] is gluon and (w.plan_value.kv_dq is not None) is gluon
+        assert used[-1] is gluon and (w.plan_value.kv_copy is not None) is gluon
         _check(out, lse, qs, kv["ks"], kv["vs"], BF16, causal=causal, **scales)
 
 
@@ -679,25 +686,47 @@ def test_prepass_buffers(device, monkeypatch):
         ws = torch.empty(ws_bytes, dtype=torch.uint8, device=device)
         w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
         w.plan(qo, kv, h_qo, h_kv, d, q_data_type=BF16, kv_data_type=E4M3, disable_split_kv=True)
-        kv_dq = w.plan_value.kv_dq
-        assert (kv_dq is not None) == fits and w.plan_value.v_t is None
+        kv_copy = w.plan_value.kv_copy
+        assert (kv_copy is not None) == fits and w.plan_value.v_t is None
         if fits:
-            kd, vd = kv_dq
+            kd, vd = kv_copy
             assert kd.shape == vd.shape == (prepass_len(sum(kv_lens), 3), h_kv, d) and kd.dtype == BF16
             assert kd.data_ptr() == ws.data_ptr() and vd.data_ptr() == ws.data_ptr() + need // 2
-            assert f"K/V dequantized to {list(kd.shape)}" in repr(w.plan_value)
+            assert f"K/V copied to {list(kd.shape)}" in repr(w.plan_value)
     w.plan(qo, kv, h_qo, h_kv, d, q_data_type=E4M3, kv_data_type=E4M3)
-    assert w.plan_value.v_t.shape == (h_kv, d, prepass_len(sum(kv_lens), 3)) and w.plan_value.kv_dq is None
+    assert w.plan_value.v_t.shape == (h_kv, d, prepass_len(sum(kv_lens), 3)) and w.plan_value.kv_copy is None
 
     ws = torch.empty(32 << 20, dtype=torch.uint8, device=device)  # the graph's partial states take ~9 MB on an H100
     g = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
         ws, use_cuda_graph=True, qo_indptr_buf=torch.empty(4, **i32), kv_indptr_buf=torch.empty(4, **i32))
     g.plan(qo, kv, h_qo, h_kv, d, q_data_type=BF16, kv_data_type=E4M3)
-    first = g.plan_value.kv_dq
+    first = g.plan_value.kv_copy
     part_end = g.plan_value.part_lse.data_ptr() + g.plan_value.part_lse.numel() * 4
     assert first[0].data_ptr() >= part_end and first[1].data_ptr() + first[1].numel() * 2 <= ws.data_ptr() + ws.numel()
     g.plan(qo, _i32(_indptr([900, 30, 7]), device), h_qo, h_kv, d, q_data_type=BF16, kv_data_type=E4M3)
-    assert g.plan_value.kv_dq[0].data_ptr() == first[0].data_ptr()
+    assert g.plan_value.kv_copy[0].data_ptr() == first[0].data_ptr()
     with pytest.raises(ValueError, match="pre-pass needs"):
         g.plan(qo, _i32(_indptr([first[0].shape[0], 30, 7]), device), h_qo, h_kv, d, q_data_type=BF16,
                kv_data_type=E4M3)
+
+
+@pytest.mark.parametrize("page,copied", [(1, True), (3, True), (128, True), (16, False)])
+def test_paged_kv_copy_planned(page, copied, device, monkeypatch):
+    """Which 16-bit paged plans the Gluon kernel reads through a gathered copy (launch.kv_copied:
+    pages it does not copy in place, at d128 any but 8-64 tokens), planned on any device
+    (hopper_covers is forced): eager plans hold the copy in the float workspace; CUDA-graph plans
+    hold none (they keep the portable kernel, whose KV is not bounded by the workspace)."""
+    from pyflashinfer.attention import prefill as prefill_mod
+    from pyflashinfer.attention.launch import prepass_len
+    monkeypatch.setattr(prefill_mod, "hopper_covers", lambda *a, **k: True)
+    h_qo, h_kv, d, qo_lens, kv_lens = 8, 2, 128, [3, 5], [40, 300]
+    _, (indptr, indices, last), _, _, _ = random_paged_cache(kv_lens, h_kv, d, page, BF16, device)
+    w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device=device))
+    w.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, q_data_type=BF16)
+    kv_copy = w.plan_value.kv_copy
+    assert (kv_copy is not None) is copied
+    if copied:
+        assert kv_copy[0].shape == (prepass_len(int(indptr[-1]) * page, 2), h_kv, d) and kv_copy[0].dtype == BF16
+    g = _graph_wrapper(True, 2, int(indptr[-1]), device)
+    g.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, q_data_type=BF16)
+    assert g.plan_value.kv_copy is None

@@ -19,7 +19,7 @@ from .kernels.common import LOG2E
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
 from .kernels.prefill_hopper import prefill_ws_kernel
-from .launch import _pow2, dequant_kv, fp8_qk, hopper_prefill, kv_tma, merge_states_into, write_vt
+from .launch import _pow2, copy_kv, fp8_qk, hopper_prefill, kv_tma, merge_states_into, write_vt
 from .plan import section
 
 # The Gluon kernel's KV tile by head dim: 128 led 64 on every prefill workload of PERFORMANCE.md
@@ -120,17 +120,17 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     if hopper_prefill(plan, q, k, v, strides, backend):
         vt = plan.v_t  # held by fp8-q plans only
         names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
-        page_size, dequant_page, kv = plan.page_size, -1, {}
+        page_size, copy_page, kv = plan.page_size, -1, {}
         if vt is not None:  # fp8: P V reads V^T, written here from this run's V
             replays.append((write_vt(vt, v, sec[0], sec[2], kv_indices, (vp, vn, vh), plan.page_size,
                                      plan.batch_size, plan.max_kv_len), ("v_ptr",)))
-        elif k.element_size() == 1:  # 16-bit q over an fp8 KV: the kernel reads it dequantized, as ragged
-            kd, vd = plan.kv_dq
-            replays.append((dequant_kv(kd, vd, k, v, sec[0], sec[2], kv_indices, strides, plan.page_size,
-                                       plan.batch_size, plan.max_kv_len), ("k_ptr", "v_ptr")))
-            page_size, dequant_page, names = 0, plan.page_size, ("q_ptr", "o_ptr", "lse_ptr")
-            kv = dict(k_ptr=kd, v_ptr=vd, kv_indices_ptr=None, stride_kpage=0, stride_kn=kd.stride(0),
-                      stride_kh=kd.stride(1), stride_vpage=0, stride_vn=vd.stride(0), stride_vh=vd.stride(1))
+        elif plan.kv_copy is not None:  # an fp8 KV or small pages: the kernel reads a ragged copy
+            kc, vc = plan.kv_copy
+            replays.append((copy_kv(kc, vc, k, v, sec[0], sec[2], kv_indices, strides, plan.page_size,
+                                    plan.batch_size, plan.max_kv_len), ("k_ptr", "v_ptr")))
+            page_size, copy_page, names = 0, plan.page_size, ("q_ptr", "o_ptr", "lse_ptr")
+            kv = dict(k_ptr=kc, v_ptr=vc, kv_indices_ptr=None, stride_kpage=0, stride_kn=kc.stride(0),
+                      stride_kh=kc.stride(1), stride_vpage=0, stride_vn=vc.stride(0), stride_vh=vc.stride(1))
         cap = var.soft_cap  # logits cap tanh(q.k sm_scale / cap): the kernel's exp2 scale is then cap log2(e)
         attn = launch(prefill_ws_kernel, grid, num_warps=4, num_pages=k.shape[0] if page_size else 0,
                       vt_ptr=vt, sinks_ptr=sinks, stride_vth=vt.stride(0) if vt is not None else 0,
@@ -138,7 +138,7 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
                       v_scale=v_scale, window_left=var.window_left, softcap_in=sm_scale / cap if cap else 1.0,
                       HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N[plan.head_dim_qk],
                       STAGES=HOPPER_STAGES[q.element_size()], CONSUMER_REGS=HOPPER_CONSUMER_REGS,
-                      PAGE_SIZE=page_size, DEQUANT_PAGE=dequant_page,
+                      PAGE_SIZE=page_size, COPY_PAGE=copy_page,
                       HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=cap > 0, HAS_SINKS=sinks is not None,
                       **{**common, **kv})
         names += ("sinks_ptr",)

@@ -19,7 +19,7 @@ from ..utils import is_interpreting, num_sms
 from .kernels.decode import decode_fwd_kernel
 from .kernels.merge import merge_states_kernel
 from .kernels.prefill import attention_fwd_kernel
-from .kernels.kv_prepass import dequant_kv_kernel, transpose_v_kernel
+from .kernels.kv_prepass import copy_kv_kernel, transpose_v_kernel
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,31 @@ def _is_sm90(device: torch.device) -> bool:
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
+def tma_pages(page_size: int, block_n: int) -> bool:
+    """Whether the Gluon kernel reads a paged KV's pages itself, one copy-engine copy per page:
+    pages of 8-64 tokens that tile its KV tiles (block_n: the plan's KV tile)."""
+    return page_size in (8, 16, 32, 64) and block_n % page_size == 0
+
+
+def kv_copied(plan) -> bool:
+    """Whether the Gluon kernel reads K/V from a ragged copy in q's dtype that a pre-pass writes
+    first (kernels/kv_prepass.py copy_kv_kernel): 16-bit q over an fp8 KV (dequantized), or over
+    a 16-bit paged KV whose pages it does not read itself (gathered: pages of 1-4 tokens, of a
+    size not a power of two, or longer than its KV tile)."""
+    return plan.q_dtype.itemsize == 2 and (plan.kv_dtype in _FP8
+                                           or (plan.page_size > 0 and not tma_pages(plan.page_size, plan.block_n)))
+
+
 def hopper_covers(plan, device: torch.device, backend: str = "auto") -> bool:
     """Whether a batch prefill plan is one the Gluon wgmma kernel (kernels/prefill_hopper.py)
     computes: on sm_90 (never under the interpreter) unless backend="fa2"; q, k and v of one
-    dtype, 16-bit or fp8 e4m3, or 16-bit q over an fp8 KV (read from a dequantized copy); equal
-    head dims of 64 or 128 (or 256 with 16-bit q), row tiles of 64 or 128, causal or not, window
-    and soft cap or not, with no custom mask, RoPE or ALiBi; a ragged KV, or pages of 8-64 tokens."""
+    dtype, 16-bit or fp8 e4m3, or 16-bit q over an fp8 KV; equal head dims of 64 or 128 (or 256
+    with 16-bit q), row tiles of 64 or 128, causal or not, window and soft cap or not, with no
+    custom mask, RoPE or ALiBi; a ragged KV, or pages of any size with 16-bit q (pages that
+    tma_pages names are read in place, others through a copy: kv_copied), of 8-64 tokens with
+    fp8 q."""
     var = plan.variant
-    pages_ok = not plan.page_size or (plan.page_size in (8, 16, 32, 64) and plan.block_n % plan.page_size == 0)
+    pages_ok = not plan.page_size or tma_pages(plan.page_size, plan.block_n) or plan.q_dtype.itemsize == 2
     dtypes_ok = ((plan.q_dtype in (torch.float16, torch.bfloat16) and plan.kv_dtype in (plan.q_dtype, *_FP8))
                  or plan.q_dtype == plan.kv_dtype == torch.float8_e4m3fn)
     return (backend != "fa2" and not is_interpreting() and _is_sm90(device) and pages_ok and dtypes_ok
@@ -153,33 +170,33 @@ def write_vt(vt: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor, kv_indpt
                   HEAD_DIM=vt.shape[1], BLOCK_T=_PREPASS_BLOCK_T, PAGE_SIZE=page_size)
 
 
-def dequant_kv(kd: torch.Tensor, vd: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor,
-               kv_indptr: torch.Tensor, kv_indices: Optional[torch.Tensor], strides: tuple, page_size: int,
-               batch: int, max_kv_len: int):
-    """The batch's fp8 K/V into kd/vd [prepass_len(...), H_kv, D] of a 16-bit dtype
-    (kernels/kv_prepass.py); k/v and the rest as write_vt, strides (k page, k token, k head,
-    v page, v token, v head). Returns the launch's Replay."""
+def copy_kv(kc: torch.Tensor, vc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor,
+            kv_indptr: torch.Tensor, kv_indices: Optional[torch.Tensor], strides: tuple, page_size: int,
+            batch: int, max_kv_len: int):
+    """The batch's K/V into kc/vc [prepass_len(...), H_kv, D] of a 16-bit dtype, dequantized from
+    fp8 or gathered from pages (kernels/kv_prepass.py); k/v and the rest as write_vt, strides (k
+    page, k token, k head, v page, v token, v head). Returns the launch's Replay."""
     kp, kn, kh, vp, vn, vh = strides
-    return launch(dequant_kv_kernel, _prepass_grid(batch, max_kv_len, kd.shape[1]), num_warps=4, num_stages=1,
-                  k_ptr=k, v_ptr=v, kd_ptr=kd, vd_ptr=vd, seq_lens_ptr=seq_lens, kv_indptr_ptr=kv_indptr,
+    return launch(copy_kv_kernel, _prepass_grid(batch, max_kv_len, kc.shape[1]), num_warps=4, num_stages=1,
+                  k_ptr=k, v_ptr=v, kc_ptr=kc, vc_ptr=vc, seq_lens_ptr=seq_lens, kv_indptr_ptr=kv_indptr,
                   kv_indices_ptr=kv_indices, stride_kpage=kp, stride_kn=kn, stride_kh=kh, stride_vpage=vp,
-                  stride_vn=vn, stride_vh=vh, stride_dn=kd.stride(0), stride_dh=kd.stride(1), HEAD_DIM=kd.shape[2],
+                  stride_vn=vn, stride_vh=vh, stride_cn=kc.stride(0), stride_ch=kc.stride(1), HEAD_DIM=kc.shape[2],
                   BLOCK_T=_PREPASS_BLOCK_T, PAGE_SIZE=page_size)
 
 
 def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strides: tuple,
                    backend: str = "auto") -> bool:
     """Whether this launch of a batch prefill plan runs on the Gluon kernel: a plan it covers
-    (hopper_covers) with the pre-pass buffer it needs (fp8 q: V^T, plan.v_t; 16-bit q over an
-    fp8 KV: the dequantized K/V, plan.kv_dq; the plan holds them when they fit), and
-    K/V read through tensor descriptors (16-byte aligned token and head strides; a page stride
-    that is a whole number of token strides). strides: (k page, k token, k head, v page, v token,
-    v head) in elements. Everything else runs on the portable kernel (kernels/prefill.py)."""
+    (hopper_covers) with the pre-pass buffer it needs (fp8 q: V^T, plan.v_t; a KV it reads from a
+    copy, kv_copied: plan.kv_copy; the plan holds them when they fit), and K/V read in place
+    through tensor descriptors (16-byte aligned token and head strides; a page stride that is a
+    whole number of token strides). strides: (k page, k token, k head, v page, v token, v head) in
+    elements. Everything else runs on the portable kernel (kernels/prefill.py)."""
     kp, kn, kh, vp, vn, vh = strides
     if not hopper_covers(plan, q.device, backend):
         return False
-    if q.element_size() == 2 and k.element_size() == 1:  # the kernel reads the dequantized copy
-        return plan.kv_dq is not None
+    if kv_copied(plan):  # the pre-pass reads any strides
+        return plan.kv_copy is not None
     return ((q.element_size() == 2 or plan.v_t is not None)
             and kv_tma(k, v, (kn, kh, vn, vh), paged=False, use_rope=False)
             and (not plan.page_size or (kp % kn == 0 and vp % vn == 0)))

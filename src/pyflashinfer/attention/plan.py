@@ -205,9 +205,10 @@ class PrefillPlan:
     mask_indptr: Optional[torch.Tensor] = field(repr=False, default=None)
     max_kv_len: int = 0      # tokens of the longest request's KV
     # Pre-pass buffers of the Gluon kernel (kernels/kv_prepass.py): fp8 q/k/v, V^T [H_kv, D_vo,
-    # entries]; 16-bit q over an fp8 KV, (K, V) dequantized [entries, H_kv, D] (launch.prepass_len).
+    # entries]; 16-bit q over a KV read from a copy (launch.kv_copied), (K, V) in q's dtype
+    # [entries, H_kv, D] (launch.prepass_len).
     v_t: Optional[torch.Tensor] = field(repr=False, default=None)
-    kv_dq: Optional[tuple] = field(repr=False, default=None)
+    kv_copy: Optional[tuple] = field(repr=False, default=None)
 
     @property
     def part_indptr(self) -> torch.Tensor:
@@ -226,8 +227,8 @@ class PrefillPlan:
     def _prepass_repr(self) -> str:
         if self.v_t is not None:
             return f", pre-pass V^T {list(self.v_t.shape)}"
-        if self.kv_dq is not None:
-            return f", pre-pass K/V dequantized to {list(self.kv_dq[0].shape)} each"
+        if self.kv_copy is not None:
+            return f", pre-pass K/V copied to {list(self.kv_copy[0].shape)} each"
         return ""
 
 

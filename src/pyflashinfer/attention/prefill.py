@@ -23,7 +23,7 @@ from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import prefill_launch
 from .host_checks import cache_ref, host_indptr, host_page_table, planned_dtypes, run_outputs, same_cache
-from .launch import Variant, _pow2, hopper_covers, prefill_tile, prepass_len
+from .launch import Variant, _pow2, hopper_covers, kv_copied, prefill_tile, prepass_len
 from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk, window_start
 
 _BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
@@ -173,8 +173,12 @@ class _BatchPrefillWrapper:
             num_partials=num_partials, total_qo=total_qo, total_kv=int(kv_indptr_h[-1]), buffer=buf,
             part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr,
             max_kv_len=int(seq_lens_h.max()) if batch else 0)
-        if kv_dtype in V.FP8_TYPES and hopper_covers(self._plan, self._device, self._backend):
-            self._plan = self._with_prepass(self._plan, prepass_len(int(kv_indptr_h[-1]) * max(page_size, 1), batch))
+        # Pre-pass buffers: fp8 KV always; a 16-bit KV gathered from its pages in eager mode only (a
+        # CUDA-graph plan would bound every later plan's KV by the workspace: it keeps the portable kernel).
+        plan = self._plan
+        copied = kv_dtype in V.FP8_TYPES or (kv_copied(plan) and graph is None)
+        if copied and hopper_covers(plan, self._device, self._backend):
+            self._plan = self._with_prepass(plan, prepass_len(int(kv_indptr_h[-1]) * max(page_size, 1), batch))
         if graph is not None:
             self._alibi = graph["alibi"]
         else:
@@ -195,11 +199,11 @@ class _BatchPrefillWrapper:
     def _with_prepass(self, plan: PrefillPlan, entries: int) -> PrefillPlan:
         """The plan with the buffer its Gluon launch writes first (kernels/kv_prepass.py), or as it
         is (the portable kernel then runs it) where that buffer does not fit. fp8 q/k/v: V^T
-        [H_kv, D, entries], in the plan's own memory. 16-bit q over an fp8 KV: K and V
-        dequantized, [entries, H_kv, D] each, in the float workspace after the partial states
-        (that is what bounds them). In CUDA-graph mode both live in the workspace, sized by the
-        first plan to all it has left (the captured launches keep their addresses and strides):
-        a later plan that needs more raises."""
+        [H_kv, D, entries], in the plan's own memory. 16-bit q over a KV read from a copy
+        (launch.kv_copied): K and V in q's dtype, [entries, H_kv, D] each, in the float workspace
+        after the partial states (that is what bounds them). In CUDA-graph mode both live in the
+        workspace, sized by the first plan to all it has left (the captured launches keep their
+        addresses and strides): a later plan that needs more raises."""
         h, d = plan.num_kv_heads, plan.head_dim_vo
         fp8_q = plan.q_dtype in V.FP8_TYPES
         per_entry = h * d * (1 if fp8_q else 2 * plan.q_dtype.itemsize)
@@ -210,22 +214,22 @@ class _BatchPrefillWrapper:
             scratch = self._scratch_after(plan.part_lse)
             if scratch.numel() < entries * per_entry:
                 return plan
-            return dataclasses.replace(plan, kv_dq=self._dequant_buffers(scratch, entries, plan))
+            return dataclasses.replace(plan, kv_copy=self._copy_buffers(scratch, entries, plan))
         g = self._graph
         if "prepass" not in g:
             scratch = self._scratch_after(g["partials"][1])
             fit = scratch.numel() // per_entry // 16 * 16
             g["prepass"] = None if fit == 0 else (scratch[: h * d * fit].view(plan.kv_dtype).view(h, d, fit) if fp8_q
-                                                  else self._dequant_buffers(scratch, fit, plan))
+                                                  else self._copy_buffers(scratch, fit, plan))
         buf = g["prepass"]
         if buf is None:  # nothing fits: every plan of this wrapper runs on the portable kernel
             return plan
         fit = buf.shape[2] if fp8_q else buf[0].shape[0]
         if entries > fit:
-            raise ValueError(f"float_workspace_buffer: this plan's fp8 KV pre-pass needs {entries * per_entry} bytes "
+            raise ValueError(f"float_workspace_buffer: this plan's K/V pre-pass needs {entries * per_entry} bytes "
                              f"after the partial states, the CUDA-graph workspace holds {fit * per_entry}; pass a "
                              "larger buffer")
-        return dataclasses.replace(plan, **({"v_t": buf} if fp8_q else {"kv_dq": buf}))
+        return dataclasses.replace(plan, **({"v_t": buf} if fp8_q else {"kv_copy": buf}))
 
     def _scratch_after(self, part_lse: Optional[torch.Tensor]) -> torch.Tensor:
         """The float workspace's bytes after the partial states (all of it without them), 128-aligned."""
@@ -236,7 +240,7 @@ class _BatchPrefillWrapper:
         return ws[(end + 127) // 128 * 128:]
 
     @staticmethod
-    def _dequant_buffers(scratch: torch.Tensor, entries: int, plan: PrefillPlan) -> tuple:
+    def _copy_buffers(scratch: torch.Tensor, entries: int, plan: PrefillPlan) -> tuple:
         n = entries * plan.num_kv_heads * plan.head_dim_vo * plan.q_dtype.itemsize
         return tuple(scratch[i * n: (i + 1) * n].view(plan.q_dtype).view(entries, plan.num_kv_heads, plan.head_dim_vo)
                      for i in range(2))
@@ -348,7 +352,8 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
     backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
     (launch.hopper_prefill: 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV; head dim
     64/128, 256 with 16-bit q; window/soft cap/sinks or not, no mask/RoPE/ALiBi; for the paged
-    wrapper, pages of 8-64 tokens; fp8 plans hold the buffer their launch writes first, see _with_prepass)
+    wrapper, pages of 8-64 tokens, or of any size with 16-bit q through a copy; plans whose launch
+    writes a buffer first hold it, see _with_prepass)
     and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's
     other names are accepted and mean "auto".
     """

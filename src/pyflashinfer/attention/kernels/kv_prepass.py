@@ -11,9 +11,10 @@ being the ragged KV's length or pages x page size.
   vt[h, :, base(b) + 16 (t // 16) + perm16(t mod 16)], where perm16(8 g + 2 i + j) = 4 i + 2 g + j
   is the column order in which the kernel holds P (its _p_operand). Columns [kv_len,
   round16(kv_len)) of a request hold zeros.
-- dequant_kv_kernel, for 16-bit q over an fp8 KV: K and V in q's dtype, kd/vd [T, H_kv,
-  head_dim], token t of request b at row base(b) + t (its scales stay with the attention: k_scale
-  in sm_scale, v_scale in the epilogue).
+- copy_kv_kernel, for 16-bit q over an fp8 KV, or over a 16-bit paged KV whose pages the kernel
+  does not copy itself (launch.kv_copied): K and V in q's dtype, kc/vc [T, H_kv, head_dim], token
+  t of request b at row base(b) + t (fp8 scales stay with the attention: k_scale in sm_scale,
+  v_scale in the epilogue).
 
 A program handles tiles p, p + P, ... of its request (P programs on grid axis 1): a CUDA graph
 replays the grid of its first plan, and the loop covers a later plan's longer requests.
@@ -66,27 +67,27 @@ def transpose_v_kernel(
 
 
 @triton.jit
-def dequant_kv_kernel(
-    k_ptr, v_ptr, kd_ptr, vd_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr,
-    stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh, stride_dn, stride_dh,
+def copy_kv_kernel(
+    k_ptr, v_ptr, kc_ptr, vc_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr,
+    stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh, stride_cn, stride_ch,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, PAGE_SIZE: tl.constexpr,
 ):
-    """Program (request, p, KV head): token tiles of the request's K and V, converted to kd's
-    dtype."""
+    """Program (request, p, KV head): token tiles of the request's K and V, converted to kc's
+    dtype (a plain copy when it is theirs)."""
     req = tl.program_id(0)
     pid_h = tl.program_id(2).to(tl.int64)
     kv_len = tl.load(seq_lens_ptr + req)
     kv_start = tl.load(kv_indptr_ptr + req)
     row0 = request_base(kv_start, req, PAGE_SIZE)
     offs_d = tl.arange(0, HEAD_DIM)
-    dtype = kd_ptr.dtype.element_ty
+    dtype = kc_ptr.dtype.element_ty
     for t in range(tl.program_id(1) * BLOCK_T, kv_len, tl.num_programs(1) * BLOCK_T):
         offs_t = t + tl.arange(0, BLOCK_T)
         mask = (offs_t < kv_len)[:, None]
-        dst = (row0 + offs_t).to(tl.int64)[:, None] * stride_dn + pid_h * stride_dh + offs_d[None, :]
+        dst = (row0 + offs_t).to(tl.int64)[:, None] * stride_cn + pid_h * stride_ch + offs_d[None, :]
         rows = _rows(kv_start, kv_indices_ptr, offs_t, offs_t < kv_len, stride_kpage, stride_kn, PAGE_SIZE)
         k = tl.load(k_ptr + pid_h * stride_kh + rows[:, None] + offs_d[None, :], mask=mask)
-        tl.store(kd_ptr + dst, k.to(tl.float32).to(dtype), mask=mask)
+        tl.store(kc_ptr + dst, k.to(tl.float32).to(dtype), mask=mask)
         rows = _rows(kv_start, kv_indices_ptr, offs_t, offs_t < kv_len, stride_vpage, stride_vn, PAGE_SIZE)
         v = tl.load(v_ptr + pid_h * stride_vh + rows[:, None] + offs_d[None, :], mask=mask)
-        tl.store(vd_ptr + dst, v.to(tl.float32).to(dtype), mask=mask)
+        tl.store(vc_ptr + dst, v.to(tl.float32).to(dtype), mask=mask)

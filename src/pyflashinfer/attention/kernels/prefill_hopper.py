@@ -4,11 +4,11 @@ The batch plan's work list drives it exactly as it drives the portable kernel (p
 axis 0 is a work item (request, row tile, kv start, kv end, partial slot), axis 1 the KV head,
 and rows of a tile are packed (token, head-in-group) pairs of one KV head, so a GQA group
 shares every K/V tile. It covers a ragged (contiguous) or paged (pages of 8-64 tokens) KV cache
-with 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV (which a pre-pass dequantizes into
-a ragged copy the kernel then reads: DEQUANT_PAGE >= 0, the source's page size), equal head
-dims of 64 or 128 (or 256 with 16-bit q: 64-key tiles), causal or not, with a sliding window,
-a soft cap and sinks or not (launch.hopper_prefill says when); everything else goes to the
-portable kernel.
+with 16-bit or fp8 e4m3 q/k/v, or 16-bit q over a KV that a pre-pass copies into ragged rows of
+q's dtype first (an fp8 KV, dequantized; pages of other sizes, gathered; COPY_PAGE >= 0 is the
+source's page size: launch.kv_copied), equal head dims of 64 or 128 (or 256 with 16-bit q:
+64-key tiles), causal or not, with a sliding window, a soft cap and sinks or not
+(launch.hopper_prefill says when); everything else goes to the portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
@@ -384,7 +384,7 @@ def prefill_ws_kernel(
     group_size, num_pages, qk_scale, v_scale, window_left, softcap_in,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-    PAGE_SIZE: gl.constexpr, DEQUANT_PAGE: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+    PAGE_SIZE: gl.constexpr, COPY_PAGE: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
     HAS_SINKS: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
@@ -407,8 +407,8 @@ def prefill_ws_kernel(
     qo_len = gl.load(qo_indptr_ptr + req + 1) - q_start
     kv_len = gl.load(seq_lens_ptr + req)
     kv_start = gl.load(kv_indptr_ptr + req)
-    if DEQUANT_PAGE >= 0:  # 16-bit q over an fp8 KV, dequantized by a pre-pass into its own rows
-        kv_start = _request_base(kv_start, req, DEQUANT_PAGE)
+    if COPY_PAGE >= 0:  # K/V copied by a pre-pass into its own rows
+        kv_start = _request_base(kv_start, req, COPY_PAGE)
     num_rows = qo_len * group_size
     first_row = pid_m * BLOCK_M
     last_row = gl.minimum(first_row + BLOCK_M, num_rows) - 1
