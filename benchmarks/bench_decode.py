@@ -1,6 +1,7 @@
 """Batch decode over a paged KV cache on the GPU: the decode workloads of PERFORMANCE.md.
 
     python benchmarks/bench_decode.py [--out results.json]
+    python benchmarks/bench_decode.py --window   # a sliding window of 4096 keys at kv 32768
 
 Pages of 16 tokens scattered at random in the pool. For each workload: bf16 KV on both paths
 (CUDA cores, tensor cores), fp8 e4m3 KV on the gqa4 workloads (bytes counted in fp8), torch SDPA
@@ -24,7 +25,7 @@ import pyflashinfer as flashinfer  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     copy_ceiling_gbs, host_profile, rel_err, run_info, table, time_graph, time_host,
 )
-from benchmarks.workloads import DECODE  # noqa: E402
+from benchmarks.workloads import DECODE, Decode  # noqa: E402
 from pyflashinfer.attention.reference import decode_ref  # noqa: E402
 
 TOL = 3e-2
@@ -62,26 +63,29 @@ def add_graph_time(row, fn, nbytes):
     row["GB/s (graph)"] = None if tg is None else nbytes / tg / 1e9
 
 
-def bench_one(w, kv_dtype, use_tc, cache, table, scale, ws, rows, graph):
+def bench_one(w, kv_dtype, use_tc, cache, table, scale, ws, rows, graph, window_left=-1):
+    """window_left >= 0: a sliding window; GB/s then count the keys it leaves (window_left + 1)."""
     q = torch.randn(w.batch, w.q_heads, w.head_dim, device="cuda", dtype=torch.bfloat16)
     wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=use_tc)
     t0 = time.time()
     wrapper.plan(*table, w.q_heads, w.kv_heads, w.head_dim, w.page_size, q_data_type=torch.bfloat16,
-                 kv_data_type=kv_dtype)
+                 kv_data_type=kv_dtype, window_left=window_left)
     plan_s = time.time() - t0
     kw = dict(k_scale=scale, v_scale=scale) if kv_dtype != torch.bfloat16 else {}
     out = wrapper.run(q, cache, **kw)
     torch.cuda.synchronize()
     for b in sorted({0, w.batch // 2, w.batch - 1}):
         k, v = request_kv(cache, table, b, 1.0)
-        ref, _ = decode_ref(q[b], k, v, k_scale=scale, v_scale=scale)
+        ref, _ = decode_ref(q[b], k, v, k_scale=scale, v_scale=scale, window_left=window_left)
         err = rel_err(out[b], ref)
         if not err < TOL:
             raise SystemExit(f"{w.name} {kv_dtype} tc={use_tc}: request {b} relative error {err:.3g}; not timing")
     fn = lambda: wrapper.run(q, cache, **kw)  # noqa: E731
     t = time_host(fn)
     nbytes = w.kv_bytes(cache.element_size())
-    row = {"workload": w.name, "kv": str(kv_dtype).removeprefix("torch."), "path": "tensor cores" if use_tc else "cuda cores",
+    if window_left >= 0:
+        nbytes = nbytes * min(window_left + 1, w.kv_len) // w.kv_len
+    row = {"workload": w.name + (f", window {window_left + 1}" if window_left >= 0 else ""), "kv": str(kv_dtype).removeprefix("torch."), "path": "tensor cores" if use_tc else "cuda cores",
            "us (host)": t * 1e6, "GB/s": nbytes / t / 1e9, "plan": repr(wrapper.plan_value).split(", ", 5)[-1][:60],
            "plan ms": plan_s * 1e3}
     compiled = wrapper._replays[0][0].compiled if wrapper._replays else None
@@ -121,6 +125,23 @@ def bench_sdpa(w, cache, table, rows, graph):
                 break
             except Exception as e:
                 print(f"  {label} gqa={gqa}: {type(e).__name__}: {str(e)[:100]}")
+
+
+# Sliding-window decode (--window): Mistral's window of 4096 keys over long contexts.
+WINDOWED = [Decode("gqa4 bs1 kv32768", 1, 32768, 32, 8), DECODE[3]]
+
+
+def bench_window():
+    """Tensor-core bf16 decode with a window of 4096 keys (window_left 4095) against the same
+    workload without one; GB/s count the keys each request sees."""
+    ws = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    rows = []
+    for w in WINDOWED:
+        cache, pages, _ = build(w, torch.bfloat16)
+        for window in (-1, 4095):
+            bench_one(w, torch.bfloat16, True, cache, pages, 1.0, ws, rows, True, window)
+        del cache
+    print(table(rows, ["workload", "kv", "path", "us (host)", "GB/s", "us (graph)", "GB/s (graph)", "plan ms", "plan"]))
 
 
 def profile_run():
@@ -196,9 +217,13 @@ def main():
     ap.add_argument("--profile", action="store_true", help="only: host-side profile of run() at gqa4 bs1")
     ap.add_argument("--sweep", action="store_true", help="only: tensor-core tile configs on three workloads")
     ap.add_argument("--l2", action="store_true", help="only: gqa4 bs64 with K/V resident in L2 against HBM")
+    ap.add_argument("--window", action="store_true", help="only: a sliding window of 4096 keys at kv 32768")
     args = ap.parse_args()
     if args.l2:
         return l2_resident()
+    if args.window:
+        print(run_info(), flush=True)
+        return bench_window()
     if args.profile:
         return profile_run()
     if args.sweep:

@@ -43,6 +43,7 @@ CASES = [
      dict(pos_encoding_mode="ROPE_LLAMA", window_left=50, logits_soft_cap=20.0)),
     ("alibi-smscale", [90, 3], 8, 4, 64, 16, F16, F16, "NHD", dict(pos_encoding_mode="ALIBI", sm_scale=0.2)),
     ("fixed-split", [700, 300, 5], 8, 2, 64, 16, F16, F16, "NHD", dict(fixed_split_size=4)),
+    ("window-split", [700, 300, 5, 101], 8, 2, 64, 16, BF16, BF16, "NHD", dict(window_left=100, fixed_split_size=4)),
     ("no-split", [900, 30], 8, 2, 64, 16, F16, F16, "NHD", dict(disable_split_kv=True)),
 ]
 
@@ -433,3 +434,16 @@ def test_fast_decode_plan_falls_back_to_plan(device, count_full_plans):
     assert len(count_full_plans) == 3 and w.plan_value.num_qo_heads == 4 and w.plan_value.q_dtype == BF16
     with pytest.raises(ValueError, match="multiple"):
         flashinfer.fast_decode_plan(w, indptr, indices, last, 7, 2, 64, 1)
+
+
+@pytest.mark.parametrize("use_tensor_cores", [False, True], ids=["cuda-cores", "tensor-cores"])
+def test_window_plan_skips_keys_outside(use_tensor_cores, device):
+    """A sliding window's plan splits only the keys the window leaves: with 64-token chunks, a
+    2000-token request under a window of 100 gets a few work items, not one per 64 tokens."""
+    _, (indptr, indices, last), _, _, _ = random_paged_cache([2000, 30], 2, 64, 16, BF16, device, "NHD")
+    counts = []
+    for window in (-1, 100):
+        w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(device), "NHD", use_tensor_cores=use_tensor_cores)
+        w.plan(indptr, indices, last, 8, 2, 64, 16, q_data_type=BF16, window_left=window, fixed_split_size=4)
+        counts.append(w.plan_value.num_work)
+    assert counts[0] >= 2000 // 64 and counts[1] <= 6, counts  # the window's start is aligned down to a KV tile

@@ -74,13 +74,17 @@ def test_prefill_plan_covers_each_tile_once(qo, kv_extra, group, block_m, chunk,
 
 @settings(max_examples=60, deadline=None)
 @given(kv=lens, chunk=st.sampled_from([16, 64, 256]), n=st.integers(1, 4), row_tiles=st.integers(1, 3),
-       spare=st.integers(0, 4))
-def test_decode_plan_covers_each_request_once(kv, chunk, n, row_tiles, spare):
+       spare=st.integers(0, 4), window=st.sampled_from([-1, 0, 7, 100, 1000]))
+def test_decode_plan_covers_each_request_once(kv, chunk, n, row_tiles, spare, window):
+    """Each request's KV from its window's first tile (all of it without a window) to its end,
+    once per row tile, in chunks; split requests own consecutive partial slots."""
     seq = torch.tensor(kv, dtype=torch.int32)
     b = len(kv)
-    needed = sum(max(1, (x + chunk - 1) // chunk) for x in kv) * row_tiles
+    first = [max(x - n - window, 0) // 16 * 16 if window >= 0 else 0 for x in kv]
+    needed = sum(max(1, (x - f + chunk - 1) // chunk) for x, f in zip(kv, first)) * row_tiles
     buf, num_work, num_partials = build_decode_buffer(seq, _indptr(kv), chunk, needed + spare, pin=False,
-                                                      q_len_per_req=n, row_tiles=row_tiles)
+                                                      q_len_per_req=n, row_tiles=row_tiles, window_left=window,
+                                                      kv_align=16)
     assert num_work == needed
     work = _work(buf, needed + spare)
     assert torch.all(work[0, num_work:] == -1)  # CUDA-graph padding
@@ -91,7 +95,7 @@ def test_decode_plan_covers_each_request_once(kv, chunk, n, row_tiles, spare):
         items = [tuple(int(x) for x in work[:, w]) for w in range(num_work) if int(work[0, w]) == r]
         for m in range(row_tiles):
             ranges = sorted((lo, hi, slot) for req, mt, lo, hi, slot in items if mt == m)
-            assert ranges[0][0] == 0 and ranges[-1][1] == kv[r]
+            assert ranges[0][0] == first[r] and ranges[-1][1] == kv[r]
             assert all(a[1] == c[0] for a, c in zip(ranges, ranges[1:]))
         chunks = len(items) // row_tiles
         assert int(merge_indptr[r + 1] - merge_indptr[r]) == (chunks if chunks > 1 else 0)

@@ -26,7 +26,7 @@ from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import paged_decode
 from .launch import Variant, _pow2, decode_tile
 from .host_checks import cache_ref, host_page_table, planned_dtypes, run_outputs, same_cache
-from .plan import DecodePlan, build_decode_buffer, buffer_len, choose_chunk, max_work_items
+from .plan import DecodePlan, build_decode_buffer, buffer_len, choose_chunk, max_work_items, window_start
 
 _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_data_type", "kv_data_type",
                      "o_data_type", "data_type", "sm_scale", "rope_scale", "rope_theta", "non_blocking",
@@ -274,16 +274,19 @@ class BatchDecodeWithPagedKVCacheWrapper:
                              f"(q's shape is captured), got {n}")
 
         slots = num_sms(self._device) * st.programs_per_sm
-        block_n = f["block_n"]
+        block_n, window_left = f["block_n"], f["variant"].window_left
         min_chunk = 4 * block_n if is_interpreting() else max(256, 2 * block_n)
-        chunk = choose_chunk(seq, num_kv_heads * st.row_tiles, slots, block_n, min_chunk, st.split_tokens,
+        # The KV each request's rows see: a sliding window leaves the keys from window_start on.
+        spans = seq - window_start(torch.full_like(seq, n), seq, window_left, block_n)
+        chunk = choose_chunk(spans, num_kv_heads * st.row_tiles, slots, block_n, min_chunk, st.split_tokens,
                              st.disable_split_kv)
         # The grid: exactly the work in eager mode; a bound fixed by the batch size in graph mode.
         max_work = max_work_items(batch, num_kv_heads, slots, st.row_tiles) if self._use_cuda_graph else \
-            st.row_tiles * int(torch.clamp((seq + chunk - 1) // chunk, min=1).sum())
+            st.row_tiles * int(torch.clamp((spans + chunk - 1) // chunk, min=1).sum())
         host, num_work, num_partials = build_decode_buffer(seq, indptr_h, chunk, max_work,
                                                            pin=self._device.type == "cuda", q_len_per_req=n,
-                                                           row_tiles=st.row_tiles)
+                                                           row_tiles=st.row_tiles, window_left=window_left,
+                                                           kv_align=block_n)
 
         rows = n * (max_work // st.row_tiles)  # partial rows: n per KV chunk
         need = rows * num_qo_heads * (head_dim + 1) * 4

@@ -134,12 +134,16 @@ def choose_chunk(seq_lens: torch.Tensor, programs_per_chunk, slots: int, block_n
 
 
 def build_decode_buffer(seq_lens: torch.Tensor, kv_indptr: torch.Tensor, chunk: int, max_work: int,
-                        pin: bool, q_len_per_req: int = 1, row_tiles: int = 1) -> tuple[torch.Tensor, int, int]:
+                        pin: bool, q_len_per_req: int = 1, row_tiles: int = 1, window_left: int = -1,
+                        kv_align: int = 64) -> tuple[torch.Tensor, int, int]:
     """The plan's int32 host buffer (pinned when a GPU will read it), and (num_work, num_partials).
     seq_lens [B] and kv_indptr [B + 1] are int32 host tensors. Work items run request by
-    request, chunk by chunk, the row tiles of one chunk side by side (they read the same KV)."""
+    request, chunk by chunk, the row tiles of one chunk side by side (they read the same KV).
+    With a sliding window a request's chunks start at window_start (kv_align: the kernel's KV
+    tile), so that no program is given keys outside every row's window."""
     batch, n = seq_lens.numel(), q_len_per_req
-    chunks = torch.clamp((seq_lens + chunk - 1) // chunk, min=1)
+    kv_first = window_start(torch.full_like(seq_lens, n), seq_lens, window_left, kv_align)
+    chunks = torch.clamp((seq_lens - kv_first + chunk - 1) // chunk, min=1)
     items = chunks * row_tiles
     num_work = int(items.sum())
     if num_work > max_work:
@@ -150,7 +154,7 @@ def build_decode_buffer(seq_lens: torch.Tensor, kv_indptr: torch.Tensor, chunk: 
     first = torch.cumsum(items, 0) - items
     idx = torch.arange(num_work, dtype=torch.int32) - torch.repeat_interleave(first, items).to(torch.int32)
     c, m_tile = idx // row_tiles, idx % row_tiles
-    lo = c * chunk
+    lo = kv_first[req.long()] + c * chunk
     hi = torch.minimum(lo + chunk, seq_lens[req.long()])
     split = chunks > 1
     merge_indptr = torch.zeros(batch + 1, dtype=torch.int32)  # in chunks: chunk k owns partial rows n*k ..
