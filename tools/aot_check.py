@@ -154,8 +154,8 @@ def gluon_variants() -> list[dict]:
              (128, 128, True, False, "bf16", "cp1", "")],
             [(128, 128, True, True, "bf16", 0, "wcs"), (128, 128, True, False, "bf16", 16, "w"),
              (64, 64, False, True, "fp16", 0, "cs"), (128, 128, True, True, "fp8e4nv", 16, "wc")],
-            [(256, 64, True, True, "bf16", 0, "wcs"), (256, 64, False, False, "fp16", 16, ""),
-             (256, 64, True, False, "bf16", "cp16", "")]):
+            [(256, 128, True, True, "bf16", 0, "wcs"), (256, 128, False, False, "fp16", 16, ""),
+             (256, 64, True, True, "bf16", 0, ""), (256, 64, True, False, "bf16", "cp16", "")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
         if "s" in feats:
             sig["sinks_ptr"] = "*fp32"

@@ -730,3 +730,26 @@ def test_paged_kv_copy_planned(page, copied, device, monkeypatch):
     g = _graph_wrapper(True, 2, int(indptr[-1]), device)
     g.plan(_i32(_indptr(qo_lens), device), indptr, indices, last, h_qo, h_kv, d, page, q_data_type=BF16)
     assert g.plan_value.kv_copy is None
+
+
+@pytest.mark.parametrize("page,kv_dtype,qo,wide", [(0, BF16, 300, True), (16, BF16, 300, True), (1, BF16, 300, False),
+                                                   (0, E4M3, 300, False), (0, BF16, 20, False)],
+                         ids=["ragged", "p16", "p1-copied", "fp8-kv-copied", "few-rows"])
+def test_d256_row_tiles(page, kv_dtype, qo, wide, device, monkeypatch):
+    """Head dim 256 plans take 128-row tiles where the Gluon kernel covers them and reads K/V in
+    place (launch.batch_prefill_tile; coverage forced, so this plans on any device); 64 where it
+    reads a copy (which may not fit the workspace, leaving the plan to the portable kernel) or
+    where a request has few rows."""
+    from pyflashinfer.attention import launch
+    monkeypatch.setattr(launch, "hopper_covers_fields", lambda *a, **k: True)
+    h_qo, h_kv, d, qo_lens, kv_lens = 8, 4, 256, [qo, 1], [qo + 40, 1]
+    ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
+    if page:
+        _, table, _, _, _ = random_paged_cache(kv_lens, h_kv, d, page, kv_dtype, device)
+        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+        w.plan(_i32(_indptr(qo_lens), device), *table, h_qo, h_kv, d, page, q_data_type=BF16, kv_data_type=kv_dtype)
+    else:
+        w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+        w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=BF16,
+               kv_data_type=kv_dtype)
+    assert w.plan_value.block_m == (128 if wide else 64)

@@ -135,13 +135,40 @@ def hopper_covers(plan, device: torch.device, backend: str = "auto") -> bool:
     tma_pages names are read in place, others through a copy: kv_copied), of 8-64 tokens with
     fp8 q."""
     var = plan.variant
-    pages_ok = not plan.page_size or tma_pages(plan.page_size, plan.block_n) or plan.q_dtype.itemsize == 2
-    dtypes_ok = ((plan.q_dtype in (torch.float16, torch.bfloat16) and plan.kv_dtype in (plan.q_dtype, *_FP8))
-                 or plan.q_dtype == plan.kv_dtype == torch.float8_e4m3fn)
+    return hopper_covers_fields(device, backend, plan.q_dtype, plan.kv_dtype, plan.head_dim_qk, plan.head_dim_vo,
+                                plan.page_size, plan.block_m, plan.block_n, plan.packed_mask is not None,
+                                var.use_rope or var.use_alibi)
+
+
+def hopper_covers_fields(device: torch.device, backend: str, q_dtype: torch.dtype, kv_dtype: torch.dtype,
+                         head_dim_qk: int, head_dim_vo: int, page_size: int, block_m: int, block_n: int,
+                         has_mask: bool, has_pos_encoding: bool) -> bool:
+    """hopper_covers of a plan with these fields (page_size 0: ragged)."""
+    pages_ok = not page_size or tma_pages(page_size, block_n) or q_dtype.itemsize == 2
+    dtypes_ok = ((q_dtype in (torch.float16, torch.bfloat16) and kv_dtype in (q_dtype, *_FP8))
+                 or q_dtype == kv_dtype == torch.float8_e4m3fn)
     return (backend != "fa2" and not is_interpreting() and _is_sm90(device) and pages_ok and dtypes_ok
-            and plan.packed_mask is None and plan.head_dim_qk == plan.head_dim_vo
-            and (plan.head_dim_qk in (64, 128) or (plan.head_dim_qk == 256 and plan.q_dtype.itemsize == 2))
-            and plan.block_m in (64, 128) and not (var.use_rope or var.use_alibi))
+            and not has_mask and head_dim_qk == head_dim_vo
+            and (head_dim_qk in (64, 128) or (head_dim_qk == 256 and q_dtype.itemsize == 2))
+            and block_m in (64, 128) and not has_pos_encoding)
+
+
+def batch_prefill_tile(device: torch.device, backend: str, q_dtype: torch.dtype, kv_dtype: torch.dtype,
+                       head_dim_qk: int, head_dim_vo: int, page_size: int, rows: int, has_mask: bool,
+                       use_rope: bool, has_pos_encoding: bool) -> TileConfig:
+    """A batch prefill plan's tile: the portable kernel's (prefill_tile), except that head dim
+    256 takes 128-row tiles where the Gluon kernel covers the plan and reads K/V in place (two
+    consumer warpgroups of 64 rows; the portable kernel's registers bound it to 64, and a plan
+    read through a copy falls back to it when the copy does not fit): 1.2x per CUDA-graph call
+    at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md). rows: the most packed query rows of
+    a request."""
+    tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope)
+    copied = kv_dtype in _FP8 or (page_size and not tma_pages(page_size, tile.block_n))
+    if head_dim_qk == 256 and tile.block_m == 64 and rows > 64 and not copied and hopper_covers_fields(
+            device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size, 128, tile.block_n, has_mask,
+            has_pos_encoding):
+        return TileConfig(128, tile.block_n, tile.num_warps, tile.num_stages, tile.warp_spec)
+    return tile
 
 
 def prepass_len(tokens: int, batch: int) -> int:

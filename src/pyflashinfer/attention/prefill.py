@@ -23,7 +23,7 @@ from ..page import PagedKVCache, unpack_paged_kv_cache
 from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .batch_launch import prefill_launch
 from .host_checks import cache_ref, host_indptr, host_page_table, planned_dtypes, run_outputs, same_cache
-from .launch import Variant, _pow2, hopper_covers, kv_copied, prefill_tile, prepass_len
+from .launch import Variant, batch_prefill_tile, hopper_covers, kv_copied, prepass_len
 from .plan import PrefillPlan, buffer_len, build_prefill_buffer, choose_chunk, window_start
 
 _BACKENDS = ("auto", "fa2", "fa3", "cudnn", "trtllm-gen", "cute-dsl")
@@ -119,7 +119,7 @@ class _BatchPrefillWrapper:
         group = num_qo_heads // num_kv_heads
         total_qo = int(qo_h[-1])
         graph = self._graph_plan(batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode,
-                                 (q_dtype, kv_dtype))
+                                 (q_dtype, kv_dtype), page_size)
         if graph is not None and packed is not None:  # the captured launch reads the caller's mask buffers
             mask_buf, indptr_buf = self._mask_buffers
             if mask_buf.numel() < packed.numel():
@@ -132,8 +132,8 @@ class _BatchPrefillWrapper:
             tile, max_work = graph["tile"], graph["max_work"]
         else:
             max_rows = int(qo_lens.max()) * group if batch else 1
-            tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(max_rows, 1),
-                                mode == PosEncodingMode.ROPE_LLAMA)
+            tile = self._tile(max(max_rows, 1), head_dim_qk, head_dim_vo, mode, (q_dtype, kv_dtype), page_size,
+                              packed is not None)
             max_work = None
         tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
         min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
@@ -245,7 +245,12 @@ class _BatchPrefillWrapper:
         return tuple(scratch[i * n: (i + 1) * n].view(plan.q_dtype).view(entries, plan.num_kv_heads, plan.head_dim_vo)
                      for i in range(2))
 
-    def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode, dtypes):
+    def _tile(self, rows, head_dim_qk, head_dim_vo, mode, dtypes, page_size, has_mask):
+        return batch_prefill_tile(self._device, self._backend, *dtypes, head_dim_qk, head_dim_vo, page_size, rows,
+                                  has_mask, mode == PosEncodingMode.ROPE_LLAMA, mode != PosEncodingMode.NONE)
+
+    def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode, dtypes,
+                    page_size):
         """CUDA-graph mode: what the first plan fixes for every later one (None in eager mode).
         The captured q holds the first plan's tokens: later plans may have any lengths with at
         most that many tokens in all. The grid bounds the row tiles, or the work of a split plan
@@ -267,8 +272,8 @@ class _BatchPrefillWrapper:
                 raise ValueError(f"mask_indptr_buf: expected at least {batch + 1} entries, got "
                                  f"{self._mask_buffers[1].shape[0]}")
         if self._graph is None:
-            tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), max(total_qo * group, 1),
-                                mode == PosEncodingMode.ROPE_LLAMA)
+            tile = self._tile(max(total_qo * group, 1), head_dim_qk, head_dim_vo, mode, dtypes, page_size,
+                              packed is not None)
             split_work = triton.cdiv(2 * num_sms(self._device), num_qo_heads // group)
             max_work = max(triton.cdiv(total_qo * group, tile.block_m) + batch, split_work, 1)
             self._graph = dict(
