@@ -493,6 +493,8 @@ HOPPER_VARIANTS = [
      dict(causal=True, window_left=500, logits_soft_cap=15.0)),
     ("ragged-g2-d256-window-cap-sinks", [500, 9], [900, 9], 16, 8, 256, 0, BF16, BF16, True,
      dict(causal=True, window_left=256, logits_soft_cap=50.0)),
+    ("p1-g4-d128-chunked-window-split", [100, 30, 0], [3000, 30, 8], 8, 2, 128, 1, BF16, BF16, False,
+     dict(causal=True, window_left=700)),
 ]
 
 
@@ -549,12 +551,15 @@ def test_write_vt(page, grid_kv, device):
         assert torch.equal(vt[:, :, cols.to(device)].float().cpu(), want.cpu()), f"request {b}"
 
 
-@pytest.mark.parametrize("page,grid_kv,kv_dtype", [(0, 1, E4M3), (16, None, E4M3), (1, None, BF16), (3, 1, BF16)],
-                         ids=["fp8-ragged-looped", "fp8-p16", "bf16-p1", "bf16-p3-looped"])
-def test_copy_kv(page, grid_kv, kv_dtype, device):
+@pytest.mark.parametrize("page,grid_kv,kv_dtype,window", [(0, 1, E4M3, -1), (16, None, E4M3, -1), (1, None, BF16, -1),
+                                                           (3, 1, BF16, -1), (1, None, BF16, 40), (0, 1, E4M3, 0)],
+                         ids=["fp8-ragged-looped", "fp8-p16", "bf16-p1", "bf16-p3-looped", "bf16-p1-window",
+                              "fp8-ragged-looped-window0"])
+def test_copy_kv(page, grid_kv, kv_dtype, window, device):
     """The pass that lets the Hopper kernel read an fp8 KV (dequantized) or pages it does not copy
     itself (gathered): each request's K and V in q's dtype, at its rows (16-aligned, a gap of 32
-    after each request)."""
+    after each request); with a sliding window only from the plan's window_start (here aligned
+    to 16) on, the rows before it left as they were."""
     from pyflashinfer.attention.launch import copy_kv, prepass_len
     kv_lens, h_kv, d = [0, 37, 200, 16], 2, 64
     if page:
@@ -570,12 +575,15 @@ def test_copy_kv(page, grid_kv, kv_dtype, device):
         starts, tokens = _i32(_indptr(kv_lens), device), sum(kv_lens)
     n = prepass_len(tokens, len(kv_lens))
     kd, vd = (torch.full((n, h_kv, d), float("nan"), dtype=BF16, device=device) for _ in range(2))
+    qo_lens = [0, 5, 7, 3]
     copy_kv(kd, vd, k, v, _i32(kv_lens, device), starts, indices, strides, page, len(kv_lens),
-               grid_kv or max(kv_lens))
+            grid_kv or max(kv_lens), _i32(_indptr(qo_lens), device), window, 16)
     for b, length in enumerate(kv_lens):
         base = (int(starts[b]) * max(page, 1) + 15) // 16 * 16 + 32 * b
-        assert torch.equal(kd[base: base + length].float().cpu(), ks[b].float().cpu()), f"k of request {b}"
-        assert torch.equal(vd[base: base + length].float().cpu(), vs[b].float().cpu()), f"v of request {b}"
+        first = max(length - qo_lens[b] - window, 0) // 16 * 16 if window >= 0 else 0
+        assert torch.equal(kd[base + first: base + length].float().cpu(), ks[b][first:].float().cpu()), f"k of {b}"
+        assert torch.equal(vd[base + first: base + length].float().cpu(), vs[b][first:].float().cpu()), f"v of {b}"
+        assert torch.isnan(kd[base: base + first].float()).all() and torch.isnan(vd[base: base + first].float()).all()
 
 
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size, causal): fp8 e4m3 q/k/v on the Gluon

@@ -127,7 +127,8 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
         elif plan.kv_copy is not None:  # an fp8 KV or small pages: the kernel reads a ragged copy
             kc, vc = plan.kv_copy
             replays.append((copy_kv(kc, vc, k, v, sec[0], sec[2], kv_indices, strides, plan.page_size,
-                                    plan.batch_size, plan.max_kv_len), ("k_ptr", "v_ptr")))
+                                    plan.batch_size, plan.max_kv_len, sec[3], var.window_left, plan.block_n),
+                            ("k_ptr", "v_ptr")))
             page_size, copy_page, names = 0, plan.page_size, ("q_ptr", "o_ptr", "lse_ptr")
             kv = dict(k_ptr=kc, v_ptr=vc, kv_indices_ptr=None, stride_kpage=0, stride_kn=kc.stride(0),
                       stride_kh=kc.stride(1), stride_vpage=0, stride_vn=vc.stride(0), stride_vh=vc.stride(1))

@@ -199,16 +199,21 @@ def write_vt(vt: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor, kv_indpt
 
 def copy_kv(kc: torch.Tensor, vc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_lens: torch.Tensor,
             kv_indptr: torch.Tensor, kv_indices: Optional[torch.Tensor], strides: tuple, page_size: int,
-            batch: int, max_kv_len: int):
+            batch: int, max_kv_len: int, qo_indptr: Optional[torch.Tensor] = None, window_left: int = -1,
+            window_align: int = 0):
     """The batch's K/V into kc/vc [prepass_len(...), H_kv, D] of a 16-bit dtype, dequantized from
     fp8 or gathered from pages (kernels/kv_prepass.py); k/v and the rest as write_vt, strides (k
-    page, k token, k head, v page, v token, v head). Returns the launch's Replay."""
+    page, k token, k head, v page, v token, v head). With a sliding window (window_left >= 0,
+    qo_indptr [B + 1]), each request from plan.window_start(..., window_align) on. Returns the
+    launch's Replay."""
     kp, kn, kh, vp, vn, vh = strides
+    window_align = window_align if window_left >= 0 else 0
     return launch(copy_kv_kernel, _prepass_grid(batch, max_kv_len, kc.shape[1]), num_warps=4, num_stages=1,
                   k_ptr=k, v_ptr=v, kc_ptr=kc, vc_ptr=vc, seq_lens_ptr=seq_lens, kv_indptr_ptr=kv_indptr,
-                  kv_indices_ptr=kv_indices, stride_kpage=kp, stride_kn=kn, stride_kh=kh, stride_vpage=vp,
-                  stride_vn=vn, stride_vh=vh, stride_cn=kc.stride(0), stride_ch=kc.stride(1), HEAD_DIM=kc.shape[2],
-                  BLOCK_T=_PREPASS_BLOCK_T, PAGE_SIZE=page_size)
+                  kv_indices_ptr=kv_indices, qo_indptr_ptr=qo_indptr if window_align else None, stride_kpage=kp,
+                  stride_kn=kn, stride_kh=kh, stride_vpage=vp, stride_vn=vn, stride_vh=vh, stride_cn=kc.stride(0),
+                  stride_ch=kc.stride(1), window_left=window_left, HEAD_DIM=kc.shape[2], BLOCK_T=_PREPASS_BLOCK_T,
+                  PAGE_SIZE=page_size, WINDOW_ALIGN=window_align)
 
 
 def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strides: tuple,

@@ -66,14 +66,16 @@ def transpose_v_kernel(
                  mask=(offs_c < (kv_len + 15) // 16 * 16)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window_left"])
 def copy_kv_kernel(
-    k_ptr, v_ptr, kc_ptr, vc_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr,
-    stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh, stride_cn, stride_ch,
-    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    k_ptr, v_ptr, kc_ptr, vc_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, qo_indptr_ptr,
+    stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh, stride_cn, stride_ch, window_left,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, PAGE_SIZE: tl.constexpr, WINDOW_ALIGN: tl.constexpr,
 ):
     """Program (request, p, KV head): token tiles of the request's K and V, converted to kc's
-    dtype (a plain copy when it is theirs)."""
+    dtype (a plain copy when it is theirs). With a sliding window (WINDOW_ALIGN > 0) only from
+    the plan's window_start on (plan.py: the first key any of the request's rows sees, rounded
+    down to WINDOW_ALIGN, the plan's KV tile): the attention reads nothing before it."""
     req = tl.program_id(0)
     pid_h = tl.program_id(2).to(tl.int64)
     kv_len = tl.load(seq_lens_ptr + req)
@@ -81,7 +83,11 @@ def copy_kv_kernel(
     row0 = request_base(kv_start, req, PAGE_SIZE)
     offs_d = tl.arange(0, HEAD_DIM)
     dtype = kc_ptr.dtype.element_ty
-    for t in range(tl.program_id(1) * BLOCK_T, kv_len, tl.num_programs(1) * BLOCK_T):
+    first = 0
+    if WINDOW_ALIGN > 0:
+        qo_len = tl.load(qo_indptr_ptr + req + 1) - tl.load(qo_indptr_ptr + req)
+        first = tl.maximum(kv_len - qo_len - window_left, 0) // WINDOW_ALIGN * WINDOW_ALIGN
+    for t in range(first + tl.program_id(1) * BLOCK_T, kv_len, tl.num_programs(1) * BLOCK_T):
         offs_t = t + tl.arange(0, BLOCK_T)
         mask = (offs_t < kv_len)[:, None]
         dst = (row0 + offs_t).to(tl.int64)[:, None] * stride_cn + pid_h * stride_ch + offs_d[None, :]
