@@ -85,7 +85,9 @@ def bench_one(w, kv_dtype, use_tc, cache, table, scale, ws, rows, graph, window_
     nbytes = w.kv_bytes(cache.element_size())
     if window_left >= 0:
         nbytes = nbytes * min(window_left + 1, w.kv_len) // w.kv_len
-    row = {"workload": w.name + (f", window {window_left + 1}" if window_left >= 0 else ""), "kv": str(kv_dtype).removeprefix("torch."), "path": "tensor cores" if use_tc else "cuda cores",
+    name = w.name + (f", window {window_left + 1}" if window_left >= 0 else "")
+    row = {"workload": name, "kv": str(kv_dtype).removeprefix("torch."),
+           "path": "tensor cores" if use_tc else "cuda cores",
            "us (host)": t * 1e6, "GB/s": nbytes / t / 1e9, "plan": repr(wrapper.plan_value).split(", ", 5)[-1][:60],
            "plan ms": plan_s * 1e3}
     compiled = wrapper._replays[0][0].compiled if wrapper._replays else None

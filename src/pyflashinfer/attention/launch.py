@@ -122,8 +122,12 @@ def kv_copied(plan) -> bool:
     first (kernels/kv_prepass.py copy_kv_kernel): 16-bit q over an fp8 KV (dequantized), or over
     a 16-bit paged KV whose pages it does not read itself (gathered: pages of 1-4 tokens, of a
     size not a power of two, or longer than its KV tile)."""
-    return plan.q_dtype.itemsize == 2 and (plan.kv_dtype in _FP8
-                                           or (plan.page_size > 0 and not tma_pages(plan.page_size, plan.block_n)))
+    return kv_copied_fields(plan.q_dtype, plan.kv_dtype, plan.page_size, plan.block_n)
+
+
+def kv_copied_fields(q_dtype: torch.dtype, kv_dtype: torch.dtype, page_size: int, block_n: int) -> bool:
+    """kv_copied of a plan with these fields (page_size 0: ragged)."""
+    return q_dtype.itemsize == 2 and (kv_dtype in _FP8 or (page_size > 0 and not tma_pages(page_size, block_n)))
 
 
 def hopper_covers(plan, device: torch.device, backend: str = "auto") -> bool:
@@ -163,7 +167,7 @@ def batch_prefill_tile(device: torch.device, backend: str, q_dtype: torch.dtype,
     at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md). rows: the most packed query rows of
     a request."""
     tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope)
-    copied = kv_dtype in _FP8 or (page_size and not tma_pages(page_size, tile.block_n))
+    copied = kv_copied_fields(q_dtype, kv_dtype, page_size, tile.block_n)
     if head_dim_qk == 256 and tile.block_m == 64 and rows > 64 and not copied and hopper_covers_fields(
             device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size, 128, tile.block_n, has_mask,
             has_pos_encoding):

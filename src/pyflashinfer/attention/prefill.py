@@ -176,8 +176,8 @@ class _BatchPrefillWrapper:
         # Pre-pass buffers: fp8 KV always; a 16-bit KV gathered from its pages in eager mode only (a
         # CUDA-graph plan would bound every later plan's KV by the workspace: it keeps the portable kernel).
         plan = self._plan
-        copied = kv_dtype in V.FP8_TYPES or (kv_copied(plan) and graph is None)
-        if copied and hopper_covers(plan, self._device, self._backend):
+        prepass = kv_dtype in V.FP8_TYPES or (kv_copied(plan) and graph is None)
+        if prepass and hopper_covers(plan, self._device, self._backend):
             self._plan = self._with_prepass(plan, prepass_len(int(kv_indptr_h[-1]) * max(page_size, 1), batch))
         if graph is not None:
             self._alibi = graph["alibi"]
