@@ -5,6 +5,7 @@
     python benchmarks/bench_prefill.py --profile   # host overhead of run() on the smallest workload
     python benchmarks/bench_prefill.py --variants  # window, soft cap, sinks (llama3-8b L16384, gemma2 d256)
     python benchmarks/bench_prefill.py --pages     # the paged wrapper by page size (1, 16, 128)
+    python benchmarks/bench_prefill.py --masks     # custom masks: causal as a mask, tree verification
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
 the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
@@ -326,6 +327,72 @@ def _bench_variants(w, names, ws, rows):
             rows.append(row)
 
 
+def _tree_mask(n_draft: int, prefix: int) -> torch.Tensor:
+    """[n_draft, prefix + n_draft] bool: speculative tree verification, every draft token sees the
+    prefix, itself and its ancestors in a random tree (token i's parent drawn from 0..i-1)."""
+    parent = [-1] + [int(torch.randint(0, i, ())) for i in range(1, n_draft)]
+    tree = torch.zeros(n_draft, n_draft, dtype=torch.bool)
+    for i in range(n_draft):
+        j = i
+        while j >= 0:
+            tree[i, j] = True
+            j = parent[j]
+    return torch.cat([torch.ones(n_draft, prefix, dtype=torch.bool), tree], 1).cuda()
+
+
+def bench_masks(ws):
+    """Custom masks (llama3-8b heads, bf16): bs1 L4096 with the causal mask passed as a custom
+    mask, against causal=True; and tree verification, bs32 x 64 draft tokens over 4032 cached
+    keys in pages of 16, each request its own random tree. The Gluon kernel, the portable one
+    (fa2) and FlexAttention (compiled, the same mask as a mask_mod); TFLOP/s count the kept keys."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    dt, hq, hk, d, rows = torch.bfloat16, 32, 8, 128, []
+    flex = torch.compile(flex_attention)
+    L = 4096
+    cases = [("bs1 L4096, causal as a mask", [L], [L], [torch.ones(L, L, dtype=torch.bool, device="cuda").tril()]),
+             ("tree verify bs32 x 64 over 4032", [64] * 32, [4096] * 32, [_tree_mask(64, 4032) for _ in range(32)])]
+    for name, qo_lens, kv_lens, masks in cases:
+        qs = [torch.randn(n, hq, d, device="cuda", dtype=dt) for n in qo_lens]
+        ks = [torch.randn(n, hk, d, device="cuda", dtype=dt) for n in kv_lens]
+        vs = [torch.randn(n, hk, d, device="cuda", dtype=dt) for n in kv_lens]
+        q_cat = torch.cat(qs)
+        cache, p_indptr, p_indices, p_last = _paged(ks, vs, 16)
+        qo_indptr = torch.tensor([0] + torch.tensor(qo_lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+        flat = torch.cat([m.reshape(-1) for m in masks])
+        flops = 4.0 * hq * d * float(flat.sum())
+        impls = []
+        for backend in ("auto", "fa2"):
+            wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, backend=backend)
+            wr.plan(qo_indptr, p_indptr, p_indices, p_last, hq, hk, d, 16, custom_mask=flat, q_data_type=dt)
+            impls.append(("Gluon, custom mask" if backend == "auto" else "portable (fa2), custom mask",
+                          lambda wr=wr: wr.run(q_cat, cache)))
+        if len(qo_lens) == 1:
+            wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+            wr.plan(qo_indptr, p_indptr, p_indices, p_last, hq, hk, d, 16, causal=True, q_data_type=dt)
+            impls.append(("Gluon, causal=True", lambda wr=wr: wr.run(q_cat, cache)))
+        dense = torch.stack(masks)  # [B, qo, kv]: every request has the same lengths
+        bm = create_block_mask(lambda b, h, i, j: dense[b, i, j], len(qo_lens), None, qo_lens[0], kv_lens[0],
+                               device="cuda")
+        qb = torch.stack(qs).transpose(1, 2).contiguous()
+        kb, vb = (torch.stack(t).transpose(1, 2).repeat_interleave(hq // hk, 1).contiguous() for t in (ks, vs))
+        impls.append(("flex (compiled)", lambda: flex(qb, kb, vb, block_mask=bm).transpose(1, 2).reshape(-1, hq, d)))
+        for label, fn in impls:
+            out, first = _first_call(fn)
+            ref = torch.cat([attention_ref(q, k, v, custom_mask=m)[0] for q, k, v, m in
+                             list(zip(qs, ks, vs, masks))[:4]])
+            err = rel_err(out[:ref.shape[0]], ref)
+            if not err < TOL:
+                raise SystemExit(f"{name} {label}: relative error {err:.3g}; refusing to time a wrong kernel")
+            t = time_host(fn)
+            tg = time_graph(fn) if "flex" not in label else None
+            row = {"workload": name, "impl": label, "us": t * 1e6, "TFLOP/s": flops / t / 1e12,
+                   "graph us": tg and tg * 1e6, "graph TFLOP/s": tg and flops / tg / 1e12, "rel err": err,
+                   "first call s": first}
+            print(row, flush=True)
+            rows.append(row)
+    print(table(rows, ["workload", "impl", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "rel err", "first call s"]))
+
+
 def sweep():
     """TFLOP/s of the batch wrappers (ragged with and without tensor descriptors, paged 16) under
     each d128 tile config of the portable tensor-core kernel (backend="fa2") (ws: warp-specialised KV loop, which needs
@@ -398,7 +465,11 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="only: d128 tile configs on the batch wrappers")
     ap.add_argument("--variants", action="store_true", help="only: window, soft cap and sinks at L16384")
     ap.add_argument("--pages", action="store_true", help="only: the paged wrapper by page size (1, 16, 128)")
+    ap.add_argument("--masks", action="store_true", help="only: custom masks (causal as a mask, tree verification)")
     args = ap.parse_args()
+    if args.masks:
+        print(run_info(), flush=True)
+        return bench_masks(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"))
     if args.sweep:
         return sweep()
     if args.variants:

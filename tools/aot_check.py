@@ -117,7 +117,7 @@ def gpu_twin(entry: dict) -> dict | None:
         else:  # a recorded BLOCK_M of the interpreter's cap (64) may stand for more rows on the GPU
             from pyflashinfer.attention.launch import prefill_tile
             rows = 1 << 20 if c["BLOCK_M"] >= 64 else c["BLOCK_M"]
-            t = prefill_tile(max(c["BLOCK_DQK"], c["BLOCK_DVO"]), rows, c["USE_ROPE"], gpu=True)
+            t = prefill_tile(max(c["BLOCK_DQK"], c["BLOCK_DVO"]), rows, c["USE_ROPE"], c["HAS_MASK"], gpu=True)
             tile = dict(BLOCK_M=t.block_m, BLOCK_N=t.block_n), t.num_warps, t.num_stages
     elif entry["name"] == "decode_fwd_kernel":
         from pyflashinfer.attention.launch import decode_tile
@@ -138,7 +138,7 @@ def gluon_variants() -> list[dict]:
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
     with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64;
     fp8 e4m3, ragged and paged; 16-bit q over a copied KV (fp8 dequantized, pages of 1 gathered);
-    with a window (w), a soft cap (c) and sinks (s))."""
+    with a window (w), a soft cap (c), sinks (s) and a custom mask (m))."""
     import itertools
 
     from pyflashinfer.attention import batch_launch
@@ -154,6 +154,9 @@ def gluon_variants() -> list[dict]:
              (128, 128, True, False, "bf16", "cp1", "")],
             [(128, 128, True, True, "bf16", 0, "wcs"), (128, 128, True, False, "bf16", 16, "w"),
              (64, 64, False, True, "fp16", 0, "cs"), (128, 128, True, True, "fp8e4nv", 16, "wc")],
+            [(128, 128, False, True, "bf16", 0, "m"), (64, 64, False, False, "fp16", 16, "mw"),
+             (128, 128, False, True, "fp8e4nv", 16, "m"), (128, 128, False, False, "bf16", "cp1", "mcs"),
+             (256, 128, False, True, "bf16", 0, "m")],
             [(256, 128, True, True, "bf16", 0, "wcs"), (256, 128, False, False, "fp16", 16, ""),
              (256, 64, True, True, "bf16", 0, ""), (256, 64, True, False, "bf16", "cp16", "")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
@@ -161,6 +164,11 @@ def gluon_variants() -> list[dict]:
             sig["sinks_ptr"] = "*fp32"
         else:
             sig["sinks_ptr"], consts["sinks_ptr"] = "constexpr", None
+        if "m" in feats:
+            sig["mask_ptr"], sig["mask_indptr_ptr"] = "*u8", "*i64"
+        else:
+            sig["mask_ptr"], sig["mask_indptr_ptr"], consts["mask_ptr"], consts["mask_indptr_ptr"] = \
+                "constexpr", "constexpr", None, None
         # "cpN": 16-bit q over a KV of pages of N tokens (0: ragged) read from a pre-pass copy
         copy_page, page = (int(page[2:]), 0) if isinstance(page, str) else (-1, page)
         if page:
@@ -184,7 +192,7 @@ def gluon_variants() -> list[dict]:
                       STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
                       PAGE_SIZE=page, COPY_PAGE=copy_page, HAS_WINDOW="w" in feats, HAS_SOFTCAP="c" in feats,
-                      HAS_SINKS="s" in feats)
+                      HAS_SINKS="s" in feats, HAS_MASK="m" in feats)
         sig.update({n: "constexpr" for n in consts})
         out.append({"module": kernel.fn.__module__, "name": "prefill_ws_kernel", "signature": sig,
                     "constexprs": consts, "attrs": {n: "D" for n, t in sig.items() if t.startswith("*")},

@@ -525,6 +525,62 @@ def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch):
                p_dtype=E4M3 if fp8_q and gluon else None, **scales, **kw)
 
 
+# (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size (0: ragged), q dtype, kv dtype, sinks, kwargs):
+# per-request custom masks on the Gluon kernel (bool, or packed bits where the name says), ragged
+# and paged (read in place, or through a copy: pages of 1, an fp8 KV), kv lengths that are no
+# multiple of 8 (rows whose bits start mid-byte), a fully masked row, with splits, windows, caps,
+# sinks, fp8 q/k/v and 128-row tiles at head dim 256.
+HOPPER_MASKS = [
+    ("ragged-g4-d128-split-packed", [64, 0, 7], [3001, 5, 300], 8, 2, 128, 0, BF16, BF16, False, {}),
+    ("p16-hnd-g3-d64", [33, 130], [1001, 130], 6, 2, 64, 16, F16, F16, False, {}),
+    ("p1-g5-d128-window-cap-sinks", [20, 50], [777, 50], 10, 2, 128, 1, BF16, BF16, True,
+     dict(window_left=200, logits_soft_cap=20.0)),
+    ("ragged-fp8-g2-d128-packed", [100, 9], [901, 9], 4, 2, 128, 0, E4M3, E4M3, False, {}),
+    ("ragged-g2-d256", [150, 1], [413, 1], 8, 4, 256, 0, BF16, BF16, False, {}),
+    ("p16-fp8kv-g8-d128", [40, 3], [555, 3], 8, 1, 128, 16, BF16, E4M3, False, {}),
+]
+
+
+@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.parametrize("case", HOPPER_MASKS, ids=[c[0] for c in HOPPER_MASKS])
+def test_hopper_prefill_custom_mask(case, device, monkeypatch):
+    """Custom masks on the Gluon kernel (and on the portable one with backend="fa2"); causal=True
+    is planned too, which a custom mask overrides."""
+    name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
+    used = _spy_hopper_prefill(monkeypatch)
+    fp8_q = q_dtype == E4M3
+    kv = _kv_inputs(name, kv_lens, h_kv, d, page, kv_dtype, device)
+    if fp8_q:
+        scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
+    else:
+        scales = dict(k_scale=kv["kv_scale"], v_scale=kv["kv_scale"]) if kv_dtype == E4M3 else {}
+    qs = [(torch.randn(n, h_qo, d, device=device) * (4 if fp8_q else 1)).to(q_dtype) for n in qo_lens]
+    sinks = torch.randn(h_qo, device=device) * 2 if with_sinks else None
+    masks = [torch.rand(q, k, device=device) < 0.5 for q, k in zip(qo_lens, kv_lens)]
+    masks[0][min(2, qo_lens[0] - 1)] = False  # a fully masked row: o = 0, lse = -inf
+    flat = torch.cat([m.reshape(-1) for m in masks])
+    if "packed" in name:
+        packed, _ = flashinfer.segment_packbits(flat, torch.tensor(_indptr([m.numel() for m in masks]), device=device),
+                                                bitorder="little")
+        mk = dict(packed_custom_mask=packed)
+    else:
+        mk = dict(custom_mask=flat)
+    split = dict(fixed_split_size=256 // page if page else 1024) if "split" in name else {}
+    for backend in ("auto", "fa2"):
+        ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
+        w, out, lse = _plan_and_run(kv, qo_lens, kv_lens, h_qo, h_kv, d, page, qs, ws, dict(sinks=sinks, **scales),
+                                    device, backend, causal=True, q_data_type=q_dtype, kv_data_type=kv_dtype,
+                                    **mk, **kw, **split)
+        gluon = backend == "auto"
+        assert used[-1] is gluon
+        assert w.plan_value.num_partials > 0 or "split" not in name
+        assert w.plan_value.block_m == 128 or d != 256 or not gluon
+        _check(out, lse, qs, kv["ks"], kv["vs"], F16 if fp8_q else q_dtype, masks=masks, sinks=sinks,
+               p_dtype=E4M3 if fp8_q and gluon else None, **scales, **kw)
+        row = min(2, qo_lens[0] - 1)
+        assert torch.all(out[row] == 0) and (with_sinks or torch.all(lse[row] == float("-inf")))
+
+
 @pytest.mark.parametrize("page,grid_kv", [(0, None), (16, None), (5, 1)], ids=["ragged", "p16", "p5-looped"])
 def test_write_vt(page, grid_kv, device):
     """The fp8 Hopper path's V^T pass: each request's V transposed into its columns (16-aligned,

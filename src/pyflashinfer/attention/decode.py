@@ -45,13 +45,12 @@ _LEGACY_PLAN_ARGS = ("pos_encoding_mode", "window_left", "logits_soft_cap", "q_d
 # fp8 (V read by 16-bit pairs, kernels/prefill.py fp8_v_pairs): the register count ptxas gives the
 # tile moves with code outside the KV loop (the fused merge took 128 x 4 x 3 from 197 registers, two
 # programs per SM, to 126, three; its loop's PTX unchanged), and each tile reads fast where its
-# programs fill whole waves of its slots. On the H200 (2026-12-04, per replay, gqa4 bs64 kv4096 /
-# gqa4 bs256 kv2048 / gqa4 bs16 kv32768, GB/s; bs1 kv4096 us), the plan sizing splits by each
-# tile's slots: 128 x 4 x 4 (126 registers, 104 KB: 2 per SM) 3,524 / 3,300 / 3,773, 11.2 us;
-# 128 x 4 x 3 (3 per SM) 2,882 / 3,599 / 3,969, 10.3 us (bs64's 512 programs are 1.3 waves of 396
-# slots); 64 x 4 x 4 (120 registers, 54 KB: 4 per SM) 3,593 / 3,452 / 3,391, 10.8 us.
+# programs fill whole waves of its slots. 64 x 4 x 3 (118 registers: 4 per SM) led on the H100
+# (2026-12-06, per replay, heads adjacent, gqa4 bs64 kv4096 / gqa4 bs256 kv2048 / gqa4 bs16 kv32768:
+# 2,780 / 2,806 / 2,867 GB/s, bs1 kv4096 10.7 us; 128 x 4 x 4, 2 per SM: 2,751 / 2,787 / 2,870,
+# 10.9 us; without heads adjacent 2,705 / 2,762 / 2,724 against 2,650 / 2,672 / 2,868).
 TC_DECODE_TILES = {2: dict(block_n=64, num_warps=8, num_stages=4, two_phase=False, programs_per_sm=2),
-                   1: dict(block_n=128, num_warps=4, num_stages=4, two_phase=True, programs_per_sm=2)}
+                   1: dict(block_n=64, num_warps=4, num_stages=3, two_phase=True, programs_per_sm=4)}
 
 
 def tc_decode_tile(kv_itemsize: int, head_dim: int) -> dict:

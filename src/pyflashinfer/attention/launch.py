@@ -67,14 +67,16 @@ _PREFILL_TILES = {64: TileConfig(128, 64, 4, 3), 128: TileConfig(128, 128, 8, 3)
 _INTERP_TILE = TileConfig(64, 64, 4, 1)  # the interpreter's cost is per program and step
 
 
-def prefill_tile(block_d: int, rows: int, use_rope: bool = False, gpu: Optional[bool] = None) -> TileConfig:
+def prefill_tile(block_d: int, rows: int, use_rope: bool = False, has_mask: bool = False,
+                 gpu: Optional[bool] = None) -> TileConfig:
     """Tile of the tensor-core kernel for `rows` packed query rows (gpu=None: the GPU's unless
-    interpreting). RoPE on the fly loads each K tile twice: one stage less keeps d128 at
-    128 x 128 inside shared memory."""
+    interpreting). RoPE on the fly loads each K tile twice, and a custom mask's byte loads take
+    scratch beside the K/V stages (16-bit d128 at 3 stages: 233,528 B, over sm_90's 232,448):
+    one stage less keeps d128 at 128 x 128 inside shared memory."""
     gpu = not is_interpreting() if gpu is None else gpu
     cfg = _PREFILL_TILES[max(64, block_d)] if gpu else _INTERP_TILE
     block_m = min(cfg.block_m, _pow2(rows))
-    stages = min(cfg.num_stages, 2) if use_rope and gpu else cfg.num_stages
+    stages = min(cfg.num_stages, 2) if (use_rope or has_mask) and gpu else cfg.num_stages
     return TileConfig(block_m, cfg.block_n, cfg.num_warps if block_m >= 64 else 4, stages,
                       cfg.warp_spec and block_m == cfg.block_m)
 
@@ -134,25 +136,24 @@ def hopper_covers(plan, device: torch.device, backend: str = "auto") -> bool:
     """Whether a batch prefill plan is one the Gluon wgmma kernel (kernels/prefill_hopper.py)
     computes: on sm_90 (never under the interpreter) unless backend="fa2"; q, k and v of one
     dtype, 16-bit or fp8 e4m3, or 16-bit q over an fp8 KV; equal head dims of 64 or 128 (or 256
-    with 16-bit q), row tiles of 64 or 128, causal or not, window and soft cap or not, with no
-    custom mask, RoPE or ALiBi; a ragged KV, or pages of any size with 16-bit q (pages that
+    with 16-bit q), row tiles of 64 or 128, causal or not, custom mask, window and soft cap or
+    not, with no RoPE or ALiBi; a ragged KV, or pages of any size with 16-bit q (pages that
     tma_pages names are read in place, others through a copy: kv_copied), of 8-64 tokens with
     fp8 q."""
     var = plan.variant
     return hopper_covers_fields(device, backend, plan.q_dtype, plan.kv_dtype, plan.head_dim_qk, plan.head_dim_vo,
-                                plan.page_size, plan.block_m, plan.block_n, plan.packed_mask is not None,
-                                var.use_rope or var.use_alibi)
+                                plan.page_size, plan.block_m, plan.block_n, var.use_rope or var.use_alibi)
 
 
 def hopper_covers_fields(device: torch.device, backend: str, q_dtype: torch.dtype, kv_dtype: torch.dtype,
                          head_dim_qk: int, head_dim_vo: int, page_size: int, block_m: int, block_n: int,
-                         has_mask: bool, has_pos_encoding: bool) -> bool:
+                         has_pos_encoding: bool) -> bool:
     """hopper_covers of a plan with these fields (page_size 0: ragged)."""
     pages_ok = not page_size or tma_pages(page_size, block_n) or q_dtype.itemsize == 2
     dtypes_ok = ((q_dtype in (torch.float16, torch.bfloat16) and kv_dtype in (q_dtype, *_FP8))
                  or q_dtype == kv_dtype == torch.float8_e4m3fn)
     return (backend != "fa2" and not is_interpreting() and _is_sm90(device) and pages_ok and dtypes_ok
-            and not has_mask and head_dim_qk == head_dim_vo
+            and head_dim_qk == head_dim_vo
             and (head_dim_qk in (64, 128) or (head_dim_qk == 256 and q_dtype.itemsize == 2))
             and block_m in (64, 128) and not has_pos_encoding)
 
@@ -166,10 +167,10 @@ def batch_prefill_tile(device: torch.device, backend: str, q_dtype: torch.dtype,
     read through a copy falls back to it when the copy does not fit): 1.2x per CUDA-graph call
     at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md). rows: the most packed query rows of
     a request."""
-    tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope)
+    tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope, has_mask)
     copied = kv_copied_fields(q_dtype, kv_dtype, page_size, tile.block_n)
     if head_dim_qk == 256 and tile.block_m == 64 and rows > 64 and not copied and hopper_covers_fields(
-            device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size, 128, tile.block_n, has_mask,
+            device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size, 128, tile.block_n,
             has_pos_encoding):
         return TileConfig(128, tile.block_n, tile.num_warps, tile.num_stages, tile.warp_spec)
     return tile
@@ -320,7 +321,7 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         return
     group = num_qo_heads // num_kv_heads
     block_dqk, block_dvo = _pow2(d_qk), _pow2(d_vo)
-    tile = prefill_tile(max(block_dqk, block_dvo), qo_len * group, variant.use_rope)
+    tile = prefill_tile(max(block_dqk, block_dvo), qo_len * group, variant.use_rope, packed_mask is not None)
     m_tiles = triton.cdiv(qo_len * group, tile.block_m)
     num_splits, chunk = _split(kv_len, num_splits, m_tiles * num_kv_heads, tile.block_n, q.device)
     o_buf, l_buf, (stride_os, stride_ls) = _outputs(out, lse, num_splits, qo_len, num_qo_heads, d_vo, q.device)
@@ -341,7 +342,7 @@ def attention_fwd(q, k, v, out, lse, variant: Variant, *, packed_mask=None, alib
         IS_CAUSAL=variant.causal and packed_mask is None, HAS_MASK=packed_mask is not None,
         WRITE_LSE=l_buf is not None, DOT_F16=k.element_size() == 1, HAS_PARTIALS=False,
         KV_TMA=use_tma, WARP_SPEC=use_tma and tile.warp_spec, TWO_PHASE=True, part_indptr_ptr=None,
-        PARTIALS_BY_TOKEN=False, HEAD_SCALES=head_scales is not None, FP8_QK=fp8_qk(q, k),
+        PARTIALS_BY_TOKEN=False, HEAD_SCALES=head_scales is not None, FP8_QK=fp8_qk(q, k), HEADS_ADJACENT=False,
         **dict(zip(("scale_q_ptr", "scale_k_ptr", "scale_v_ptr"), head_scales or (None, None, None))),
         **variant.kernel_args(),
     )

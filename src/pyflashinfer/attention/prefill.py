@@ -356,7 +356,7 @@ class BatchPrefillWithRaggedKVCacheWrapper(_BatchPrefillWrapper):
 
     backend: "auto" (or "fa3") runs the plans it covers on the Gluon Hopper kernel on sm_90
     (launch.hopper_prefill: 16-bit or fp8 e4m3 q/k/v, or 16-bit q over an fp8 KV; head dim
-    64/128, 256 with 16-bit q; window/soft cap/sinks or not, no mask/RoPE/ALiBi; for the paged
+    64/128, 256 with 16-bit q; mask/window/soft cap/sinks or not, no RoPE/ALiBi; for the paged
     wrapper, pages of 8-64 tokens, or of any size with 16-bit q through a copy; plans whose launch
     writes a buffer first hold it, see _with_prepass)
     and the rest on the portable kernel; "fa2" always takes the portable kernel; FlashInfer's

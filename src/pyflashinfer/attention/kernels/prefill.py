@@ -50,12 +50,17 @@ def attention_fwd_kernel(
     WRITE_LSE: tl.constexpr, BATCHED: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
     DOT_F16: tl.constexpr, HAS_PARTIALS: tl.constexpr, KV_TMA: tl.constexpr, HAS_SINKS: tl.constexpr,
     WARP_SPEC: tl.constexpr, TWO_PHASE: tl.constexpr, PARTIALS_BY_TOKEN: tl.constexpr,
-    HEAD_SCALES: tl.constexpr, FP8_QK: tl.constexpr,
+    HEAD_SCALES: tl.constexpr, FP8_QK: tl.constexpr, HEADS_ADJACENT: tl.constexpr,
 ):
+    pid_w = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid_s = tl.program_id(2)  # always 0 for batch plans
+    if HEADS_ADJACENT:  # consecutive programs take one work item's KV heads, which share its pages
+        lin = pid_h * tl.num_programs(0) + pid_w
+        pid_w = lin // tl.num_programs(1)
+        pid_h = lin % tl.num_programs(1)
     if BATCHED:
-        req, pid_m, lo, hi, slot = load_work(work_ptr, stride_w, tl.program_id(0))
+        req, pid_m, lo, hi, slot = load_work(work_ptr, stride_w, pid_w)
         if req < 0:
             return
         q_start = tl.load(qo_indptr_ptr + req)
@@ -63,7 +68,7 @@ def attention_fwd_kernel(
         kv_len = tl.load(seq_lens_ptr + req)
         kv_start = tl.load(kv_indptr_ptr + req)  # first page (PAGED) or first token
     else:
-        pid_m = tl.program_id(0)
+        pid_m = pid_w
         q_start = 0
         slot = -1  # final rows (a split's partial states go to stride_os instead)
         kv_start = tl.full([], 0, tl.int32)

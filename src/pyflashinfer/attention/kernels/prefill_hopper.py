@@ -7,8 +7,8 @@ shares every K/V tile. It covers a ragged (contiguous) or paged (pages of 8-64 t
 with 16-bit or fp8 e4m3 q/k/v, or 16-bit q over a KV that a pre-pass copies into ragged rows of
 q's dtype first (an fp8 KV, dequantized; pages of other sizes, gathered; COPY_PAGE >= 0 is the
 source's page size: launch.kv_copied), equal head dims of 64 or 128 (or 256 with 16-bit q:
-64-key tiles), causal or not, with a sliding window, a soft cap and sinks or not
-(launch.hopper_prefill says when); everything else goes to the portable kernel.
+64-key tiles), causal or not, with a custom mask, a sliding window, a soft cap and sinks or
+not (launch.hopper_prefill says when); everything else goes to the portable kernel.
 
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
@@ -24,8 +24,9 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   (benchmarks/RESULTS.md).
 - Logits stay raw q.k until one FMA per element folds in qk_scale = sm_scale * log2(e) inside
   the exp2 (with a soft cap: tanh(q.k sm_scale / cap) first, qk_scale = cap log2(e)); only
-  tiles that the causal bound, the kv range or the window's edge cut are masked, and tiles
-  wholly before a row tile's window are never loaded. Sinks join the state before it is
+  tiles that the causal bound, the kv range or the window's edge cut are masked (with a custom
+  mask, every tile: one byte load per logit, as the portable kernel does), and tiles wholly
+  before a row tile's window are never loaded. Sinks join the state before it is
   finalized (a split's partial states get them in the merge).
 - fp8: both products on fp8 tensor cores, P rounded to e4m3 (as FA3's fp8 path does). fp8
   wgmma reads both operands K-major, so P V reads V^T, which the launch writes first
@@ -51,16 +52,24 @@ def _io_layout(head_dim, num_warps):
 
 
 @gluon.jit
-def _mask(s, start_n, seen_by_all, window_all, hi, q_pos, window_left, IS_CAUSAL: gl.constexpr,
-          HAS_WINDOW: gl.constexpr, BLOCK_N: gl.constexpr, col_layout: gl.constexpr):
-    """Logits of one tile with keys past hi, (causal) after the row's position or (window)
-    before its window set to -inf, on the tiles that have any: those reaching past seen_by_all,
-    or (window) starting before window_all, the first key every row's window holds."""
+def _mask(s, start_n, seen_by_all, window_all, hi, q_pos, window_left, custom, IS_CAUSAL: gl.constexpr,
+          HAS_WINDOW: gl.constexpr, HAS_MASK: gl.constexpr, BLOCK_N: gl.constexpr, col_layout: gl.constexpr):
+    """Logits of one tile with keys past hi, (causal) after the row's position, (custom mask)
+    whose bit is 0 or (window) before its window set to -inf, on the tiles that have any: those
+    reaching past seen_by_all (every tile with a custom mask), or (window) starting before
+    window_all, the first key every row's window holds. custom: per row, the byte of the packed
+    mask that holds its key 0 and that key's bit in it, and whether the row is the request's."""
     if start_n + BLOCK_N > seen_by_all:
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
         keep = offs_n[None, :] < hi
         if IS_CAUSAL:
             keep = keep & (offs_n[None, :] <= q_pos[:, None])
+        if HAS_MASK:
+            row_ptr, row_bit, row_ok = custom
+            keep = keep & row_ok[:, None]
+            bit = row_bit[:, None] + offs_n[None, :]
+            byte = gl.load(row_ptr[:, None] + (bit >> 3), mask=keep, other=0).to(gl.int32)
+            keep = keep & (((byte >> (bit & 7)) & 1) != 0)
         s = gl.where(keep, s, float("-inf"))
     if HAS_WINDOW:
         if start_n < window_all:
@@ -133,6 +142,7 @@ class _WsArgs:
     HAS_PARTIALS: gl.constexpr
     FP8: gl.constexpr
     HAS_WINDOW: gl.constexpr
+    HAS_MASK: gl.constexpr
     HAS_SOFTCAP: gl.constexpr
     HAS_SINKS: gl.constexpr
 
@@ -141,7 +151,7 @@ class _WsArgs:
                  stride_oh, stride_ln, stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size,
                  q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, v_scale,
                  window_left, softcap_in, HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8,
-                 HAS_WINDOW, HAS_SOFTCAP, HAS_SINKS):
+                 HAS_WINDOW, HAS_MASK, HAS_SOFTCAP, HAS_SINKS):
         self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
         self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
         self.k_desc, self.v_desc = k_desc, v_desc
@@ -155,7 +165,7 @@ class _WsArgs:
         self.IS_CAUSAL, self.WRITE_LSE = gl.constexpr(IS_CAUSAL), gl.constexpr(WRITE_LSE)
         self.HAS_PARTIALS, self.FP8 = gl.constexpr(HAS_PARTIALS), gl.constexpr(FP8)
         self.HAS_WINDOW, self.HAS_SOFTCAP = gl.constexpr(HAS_WINDOW), gl.constexpr(HAS_SOFTCAP)
-        self.HAS_SINKS = gl.constexpr(HAS_SINKS)
+        self.HAS_MASK, self.HAS_SINKS = gl.constexpr(HAS_MASK), gl.constexpr(HAS_SINKS)
 
 
 @gluon.jit
@@ -203,9 +213,9 @@ def _copy_tile(desc, smem, bar, row, kv_len, paging, WHICH: gl.constexpr, BLOCK_
 def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     """One warpgroup: rows [64 WG, 64 WG + 64) of the tile, S of tile j issued before P V of
     tile j - 1 (the softmax of j overlaps that product). ptrs: q and its token and head strides,
-    then the output pointers (o, lse, part_o, part_lse, part_indptr) and sinks, any of the last
-    five None when unused."""
-    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr = ptrs
+    then the output pointers (o, lse, part_o, part_lse, part_indptr), sinks and the request's
+    packed custom mask, any of the last six None when unused."""
+    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr, mask_ptr = ptrs
     dtype: gl.constexpr = a.k_smem.dtype
     BLOCK_N: gl.constexpr = a.BLOCK_N
     HEAD_DIM: gl.constexpr = a.HEAD_DIM
@@ -233,10 +243,17 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     gl.thread_barrier()
     offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
     q_pos = offs_m // a.group_size + a.q_offset
+    if a.HAS_MASK:  # token t's bits start at bit t kv_len of the request's mask
+        first_bit = (offs_m // a.group_size).to(gl.int64) * a.kv_len
+        custom = (mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < a.num_rows)
+    else:
+        custom = None
     # Whole tiles below what the warpgroup's first row sees (and, with a window, from the first
-    # key its last row's window holds) need no mask.
+    # key its last row's window holds) need no mask; with a custom mask, every tile does.
     seen_by_all = a.hi
-    if a.IS_CAUSAL:
+    if a.HAS_MASK:
+        seen_by_all = a.lo
+    elif a.IS_CAUSAL:
         seen_by_all = gl.minimum(a.hi, (a.first_row + WG * 64) // a.group_size + a.q_offset + 1)
     window_all = (gl.minimum(a.first_row + WG * 64 + 64, a.num_rows) - 1) // a.group_size + a.q_offset - a.window_left
     m_i = gl.full([64], float("-inf"), gl.float32, layout=row_s)
@@ -250,7 +267,7 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
         s = warpgroup_mma_wait(0, deps=(s,))
         mbarrier.arrive(a.k_empty.index(0), count=1)
         s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), a.lo, seen_by_all, window_all, a.hi, q_pos,
-                  a.window_left, a.IS_CAUSAL, a.HAS_WINDOW, BLOCK_N, col_s)
+                  a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
         m_i, l_i, alpha, p = _softmax(s, m_i, l_i, a.qk_scale)
         p = _p_operand(p, dtype, p_layout, a.FP8)
         for j in range(1, n_tiles):
@@ -263,7 +280,7 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
             s = warpgroup_mma_wait(1, deps=(s,))
             mbarrier.arrive(a.k_empty.index(ks), count=1)
             s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), a.lo + j * BLOCK_N, seen_by_all, window_all,
-                      a.hi, q_pos, a.window_left, a.IS_CAUSAL, a.HAS_WINDOW, BLOCK_N, col_s)
+                      a.hi, q_pos, a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
             m_i, l_i, alpha, p_new = _softmax(s, m_i, l_i, a.qk_scale)
             acc, p = _pv_wait(acc, p, a.FP8)
             mbarrier.arrive(a.v_empty.index(vs), count=1)
@@ -377,7 +394,7 @@ def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_
 def prefill_ws_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
-    vt_ptr, sinks_ptr,
+    vt_ptr, sinks_ptr, mask_ptr, mask_indptr_ptr,
     stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
     stride_on, stride_oh, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh, stride_vth, stride_vtd,
@@ -385,7 +402,7 @@ def prefill_ws_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PAGE_SIZE: gl.constexpr, COPY_PAGE: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
-    HAS_SINKS: gl.constexpr,
+    HAS_SINKS: gl.constexpr, HAS_MASK: gl.constexpr,
 ):
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     FP8: gl.constexpr = dtype.is_fp8()
@@ -407,6 +424,8 @@ def prefill_ws_kernel(
     qo_len = gl.load(qo_indptr_ptr + req + 1) - q_start
     kv_len = gl.load(seq_lens_ptr + req)
     kv_start = gl.load(kv_indptr_ptr + req)
+    if HAS_MASK:  # each request's mask starts on a byte of its own (segment_packbits)
+        mask_ptr = mask_ptr + gl.load(mask_indptr_ptr + req).to(gl.int64)
     if COPY_PAGE >= 0:  # K/V copied by a pre-pass into its own rows
         kv_start = _request_base(kv_start, req, COPY_PAGE)
     num_rows = qo_len * group_size
@@ -460,14 +479,14 @@ def prefill_ws_kernel(
                                             [HEAD_DIM, (kv_len + 15) // 16 * 16], [stride_vtd, 1], [HEAD_DIM, BLOCK_N],
                                             vt_smem_layout)
     ptrs = (q_ptr, gl.to_tensor(stride_qn), gl.to_tensor(stride_qh), o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
-            part_indptr_ptr, sinks_ptr)
+            part_indptr_ptr, sinks_ptr, mask_ptr)
     a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on),
                 gl.to_tensor(stride_oh), gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn),
                 gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h,
                 gl.to_tensor(group_size), q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot,
                 gl.to_tensor(qk_scale), gl.to_tensor(v_scale), gl.to_tensor(window_left), gl.to_tensor(softcap_in),
-                HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8, HAS_WINDOW, HAS_SOFTCAP,
-                HAS_SINKS)
+                HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8, HAS_WINDOW, HAS_MASK,
+                HAS_SOFTCAP, HAS_SINKS)
     if WGS == 2:
         gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_consumer, (a, ptrs, 1, PAGE_SIZE)),
                             (_ws_producer, (a, paging, PAGE_SIZE))], [4, 1], [CONSUMER_REGS, 24])
