@@ -474,6 +474,20 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
 
 
+
+def _hopper_inputs(case, device):
+    """A HOPPER_VARIANTS or HOPPER_MASKS case's KV (_kv_inputs), scales, q per request and sinks."""
+    name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, _ = case
+    fp8_q = q_dtype == E4M3
+    kv = _kv_inputs(name, kv_lens, h_kv, d, page, kv_dtype, device)
+    if fp8_q:
+        scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
+    else:
+        scales = dict(k_scale=kv["kv_scale"], v_scale=kv["kv_scale"]) if kv_dtype == E4M3 else {}
+    qs = [(torch.randn(n, h_qo, d, device=device) * (4 if fp8_q else 1)).to(q_dtype) for n in qo_lens]
+    sinks = torch.randn(h_qo, device=device) * 2 if with_sinks else None
+    return kv, scales, qs, sinks
+
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size (0: ragged), q dtype, kv dtype, sinks, kwargs):
 # windows (the plan starts each request's KV at its window, the kernel skips the tiles wholly
 # before a row tile's window and masks its edge; window 0: each row sees its own key only), soft
@@ -506,13 +520,7 @@ def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch):
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
     used = _spy_hopper_prefill(monkeypatch)
     fp8_q = q_dtype == E4M3
-    kv = _kv_inputs(name, kv_lens, h_kv, d, page, kv_dtype, device)
-    if fp8_q:
-        scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
-    else:
-        scales = dict(k_scale=kv["kv_scale"], v_scale=kv["kv_scale"]) if kv_dtype == E4M3 else {}
-    qs = [(torch.randn(n, h_qo, d, device=device) * (4 if fp8_q else 1)).to(q_dtype) for n in qo_lens]
-    sinks = torch.randn(h_qo, device=device) * 2 if with_sinks else None
+    kv, scales, qs, sinks = _hopper_inputs(case, device)
     split = dict(fixed_split_size=256 // page if page else 1024) if "split" in name else {}
     for backend in ("auto", "fa2"):
         ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
@@ -549,14 +557,11 @@ def test_hopper_prefill_custom_mask(case, device, monkeypatch):
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
     used = _spy_hopper_prefill(monkeypatch)
     fp8_q = q_dtype == E4M3
-    kv = _kv_inputs(name, kv_lens, h_kv, d, page, kv_dtype, device)
-    if fp8_q:
-        scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
-    else:
-        scales = dict(k_scale=kv["kv_scale"], v_scale=kv["kv_scale"]) if kv_dtype == E4M3 else {}
-    qs = [(torch.randn(n, h_qo, d, device=device) * (4 if fp8_q else 1)).to(q_dtype) for n in qo_lens]
-    sinks = torch.randn(h_qo, device=device) * 2 if with_sinks else None
+    kv, scales, qs, sinks = _hopper_inputs(case, device)
     masks = [torch.rand(q, k, device=device) < 0.5 for q, k in zip(qo_lens, kv_lens)]
+    for m in masks:  # keys whose bits are all 1, then all 0, in every row: whole tiles of each
+        m[:, : m.shape[1] // 3] = True
+        m[:, m.shape[1] // 3: m.shape[1] // 2] = False
     masks[0][min(2, qo_lens[0] - 1)] = False  # a fully masked row: o = 0, lse = -inf
     flat = torch.cat([m.reshape(-1) for m in masks])
     if "packed" in name:
