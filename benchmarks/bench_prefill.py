@@ -376,10 +376,9 @@ def bench_masks(ws):
         qb = torch.stack(qs).transpose(1, 2).contiguous()
         kb, vb = (torch.stack(t).transpose(1, 2).repeat_interleave(hq // hk, 1).contiguous() for t in (ks, vs))
         impls.append(("flex (compiled)", lambda: flex(qb, kb, vb, block_mask=bm).transpose(1, 2).reshape(-1, hq, d)))
+        ref = torch.cat([attention_ref(q, k, v, custom_mask=m)[0] for q, k, v, m in list(zip(qs, ks, vs, masks))[:4]])
         for label, fn in impls:
             out, first = _first_call(fn)
-            ref = torch.cat([attention_ref(q, k, v, custom_mask=m)[0] for q, k, v, m in
-                             list(zip(qs, ks, vs, masks))[:4]])
             err = rel_err(out[:ref.shape[0]], ref)
             if not err < TOL:
                 raise SystemExit(f"{name} {label}: relative error {err:.3g}; refusing to time a wrong kernel")

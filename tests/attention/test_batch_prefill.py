@@ -75,6 +75,17 @@ def test_ragged_prefill(case, device):
     _check(out, lse, qs, ks, vs, dtype, **{k: v for k, v in kw.items() if k != "fixed_split_size"})
 
 
+def _mask_kwargs(masks, packed, device):
+    """plan() keywords for per-request bool masks [qo_len, kv_len]: custom_mask, their bits
+    flattened, or packed_custom_mask, each request's bits packed from a byte of its own."""
+    flat = torch.cat([m.reshape(-1) for m in masks])
+    if not packed:
+        return dict(custom_mask=flat)
+    bits, _ = flashinfer.segment_packbits(flat, torch.tensor(_indptr([m.numel() for m in masks]), device=device),
+                                          bitorder="little")
+    return dict(packed_custom_mask=bits)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["bool-mask", "packed-mask"])
 def test_ragged_custom_mask(packed, device):
     qo_lens, kv_lens, h_qo, h_kv, d = [9, 3, 14], [600, 3, 14], 4, 2, 64  # the first request splits
@@ -83,14 +94,8 @@ def test_ragged_custom_mask(packed, device):
     vs = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
     masks = [torch.rand(q, k, device=device) < 0.6 for q, k in zip(qo_lens, kv_lens)]
     masks[0][2] = False  # a fully masked row: o = 0, lse = -inf
-    flat = torch.cat([m.reshape(-1) for m in masks])
     w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_ws(device))
-    if packed:
-        packed_mask, _ = flashinfer.segment_packbits(flat, torch.tensor(_indptr([m.numel() for m in masks]),
-                                                                          device=device), bitorder="little")
-        mk = dict(packed_custom_mask=packed_mask)
-    else:
-        mk = dict(custom_mask=flat)
+    mk = _mask_kwargs(masks, packed, device)
     w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=True,
            q_data_type=F16, fixed_split_size=256, **mk)
     assert w.plan_value.num_partials > 0
@@ -363,7 +368,7 @@ def test_cuda_graph_mode_custom_mask(device):
         vs = [torch.randn(n, h_kv, d, device=device).half() for n in kv_lens]
         masks = [torch.rand(q, k, device=device) < 0.6 for q, k in zip(qo_lens, kv_lens)]
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16,
-               custom_mask=torch.cat([m.reshape(-1) for m in masks]))
+               **_mask_kwargs(masks, False, device))
         assert w.plan_value.packed_mask.data_ptr() == w._mask_buffers[0].data_ptr()
         out, lse = w.run(torch.cat(qs), torch.cat(ks), torch.cat(vs), return_lse=True)
         _check(out, lse, qs, ks, vs, F16, masks=masks)
@@ -474,7 +479,6 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
 
 
-
 def _hopper_inputs(case, device):
     """A HOPPER_VARIANTS or HOPPER_MASKS case's KV (_kv_inputs), scales, q per request and sinks."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, _ = case
@@ -487,6 +491,7 @@ def _hopper_inputs(case, device):
     qs = [(torch.randn(n, h_qo, d, device=device) * (4 if fp8_q else 1)).to(q_dtype) for n in qo_lens]
     sinks = torch.randn(h_qo, device=device) * 2 if with_sinks else None
     return kv, scales, qs, sinks
+
 
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, page_size (0: ragged), q dtype, kv dtype, sinks, kwargs):
 # windows (the plan starts each request's KV at its window, the kernel skips the tiles wholly
@@ -563,13 +568,7 @@ def test_hopper_prefill_custom_mask(case, device, monkeypatch):
         m[:, : m.shape[1] // 3] = True
         m[:, m.shape[1] // 3: m.shape[1] // 2] = False
     masks[0][min(2, qo_lens[0] - 1)] = False  # a fully masked row: o = 0, lse = -inf
-    flat = torch.cat([m.reshape(-1) for m in masks])
-    if "packed" in name:
-        packed, _ = flashinfer.segment_packbits(flat, torch.tensor(_indptr([m.numel() for m in masks]), device=device),
-                                                bitorder="little")
-        mk = dict(packed_custom_mask=packed)
-    else:
-        mk = dict(custom_mask=flat)
+    mk = _mask_kwargs(masks, "packed" in name, device)
     split = dict(fixed_split_size=256 // page if page else 1024) if "split" in name else {}
     for backend in ("auto", "fa2"):
         ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
