@@ -25,7 +25,9 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - Logits stay raw q.k until one FMA per element folds in qk_scale = sm_scale * log2(e) inside
   the exp2 (with a soft cap: tanh(q.k sm_scale / cap) first, qk_scale = cap log2(e)); only
   tiles that the causal bound, the kv range or the window's edge cut are masked (with a custom
-  mask, every tile: one byte load per logit, as the portable kernel does), and tiles wholly
+  mask, every tile: a warpgroup first reads the bytes that hold each row's bits of the tile to
+  find rows whose bits are all 1 or all 0; only the other rows load a byte per logit, and a tile
+  whose bits are all 1 or all 0 on every row is masked whole or not at all), and tiles wholly
   before a row tile's window are never loaded. Sinks join the state before it is
   finalized (a split's partial states get them in the merge).
 - fp8: both products on fp8 tensor cores, P rounded to e4m3 (as FA3's fp8 path does). fp8
@@ -51,6 +53,33 @@ def _io_layout(head_dim, num_warps):
     return gl.BlockedLayout([1, 8], [32 // (head_dim // 8), head_dim // 8], [num_warps, 1], [1, 0])
 
 
+@gluon.constexpr_function
+def _bits_layout():
+    """A warpgroup's [64 rows, 32 bytes] of packed mask bits: each warp holds 16 rows, as the
+    wgmma accumulator does (so per-row results move to it within the warp)."""
+    return gl.BlockedLayout([4, 4], [4, 8], [4, 1], [1, 0])
+
+
+@gluon.jit
+def _mask_rows(custom, start_n, hi, BLOCK_N: gl.constexpr, row_layout: gl.constexpr):
+    """Per row of the warpgroup, whether its custom-mask bits of keys [start_n, min(start_n +
+    BLOCK_N, hi)) are all 1 (full) or all 0 (empty), from the bytes that hold them: one
+    coalesced [64, 32] byte load per tile in place of one byte per logit."""
+    _, _, _, rows_ptr, rows_bit, rows_ok = custom
+    bits_layout: gl.constexpr = _bits_layout()
+    pos = rows_bit + start_n
+    k8 = 8 * gl.arange(0, 32, layout=gl.SliceLayout(0, bits_layout))
+    lo = gl.minimum(gl.maximum((pos & 7)[:, None] - k8[None, :], 0), 8)  # the bits of byte k the range holds
+    hi_bit = gl.minimum(gl.maximum(gl.minimum(hi - start_n, BLOCK_N) + (pos & 7)[:, None] - k8[None, :], 0), 8)
+    need = ((1 << hi_bit) - 1) & ~((1 << lo) - 1)
+    byte = gl.load(rows_ptr[:, None] + ((pos >> 3)[:, None] + k8[None, :] // 8),
+                   mask=(need != 0) & rows_ok[:, None], other=0).to(gl.int32)
+    got = byte & need
+    full = gl.max((got != need).to(gl.int32), 1) == 0
+    empty = gl.max((got != 0).to(gl.int32), 1) == 0
+    return gl.convert_layout(full, row_layout), gl.convert_layout(empty, row_layout)
+
+
 @gluon.jit
 def _mask(s, start_n, seen_by_all, window_all, hi, q_pos, window_left, custom, IS_CAUSAL: gl.constexpr,
           HAS_WINDOW: gl.constexpr, HAS_MASK: gl.constexpr, BLOCK_N: gl.constexpr, col_layout: gl.constexpr):
@@ -58,19 +87,30 @@ def _mask(s, start_n, seen_by_all, window_all, hi, q_pos, window_left, custom, I
     whose bit is 0 or (window) before its window set to -inf, on the tiles that have any: those
     reaching past seen_by_all (every tile with a custom mask), or (window) starting before
     window_all, the first key every row's window holds. custom: per row, the byte of the packed
-    mask that holds its key 0 and that key's bit in it, and whether the row is the request's."""
+    mask that holds its key 0 and that key's bit in it, and whether the row is the request's
+    (in the accumulator's row layout, then in _bits_layout's); bits are loaded per logit only
+    on rows whose bits in the tile are neither all 1 nor all 0 (_mask_rows)."""
     if start_n + BLOCK_N > seen_by_all:
         offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
         keep = offs_n[None, :] < hi
         if IS_CAUSAL:
             keep = keep & (offs_n[None, :] <= q_pos[:, None])
         if HAS_MASK:
-            row_ptr, row_bit, row_ok = custom
-            keep = keep & row_ok[:, None]
-            bit = row_bit[:, None] + offs_n[None, :]
-            byte = gl.load(row_ptr[:, None] + (bit >> 3), mask=keep, other=0).to(gl.int32)
-            keep = keep & (((byte >> (bit & 7)) & 1) != 0)
-        s = gl.where(keep, s, float("-inf"))
+            row_ptr, row_bit, row_ok, _, _, _ = custom
+            row_layout: gl.constexpr = gl.SliceLayout(1, col_layout.parent)
+            full, empty = _mask_rows(custom, start_n, hi, BLOCK_N, row_layout)
+            # rows past the request's are left unmasked where that saves work: their output is not stored
+            if gl.min((full | ~row_ok).to(gl.int32), 0) == 1:  # every row keeps the whole tile
+                s = gl.where(keep, s, float("-inf"))
+            elif gl.min((empty | ~row_ok).to(gl.int32), 0) == 1:  # no row keeps any key of it
+                s = gl.full_like(s, float("-inf"))
+            else:
+                kept = keep & (row_ok & ~empty)[:, None]
+                bit = row_bit[:, None] + offs_n[None, :]
+                byte = gl.load(row_ptr[:, None] + (bit >> 3), mask=kept & ~full[:, None], other=255).to(gl.int32)
+                s = gl.where(kept & (((byte >> (bit & 7)) & 1) != 0), s, float("-inf"))
+        else:
+            s = gl.where(keep, s, float("-inf"))
     if HAS_WINDOW:
         if start_n < window_all:
             offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
@@ -245,7 +285,10 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     q_pos = offs_m // a.group_size + a.q_offset
     if a.HAS_MASK:  # token t's bits start at bit t kv_len of the request's mask
         first_bit = (offs_m // a.group_size).to(gl.int64) * a.kv_len
-        custom = (mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < a.num_rows)
+        offs_mb = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, _bits_layout()))
+        first_bit_b = (offs_mb // a.group_size).to(gl.int64) * a.kv_len
+        custom = (mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < a.num_rows,
+                  mask_ptr + (first_bit_b >> 3), (first_bit_b & 7).to(gl.int32), offs_mb < a.num_rows)
     else:
         custom = None
     # Whole tiles below what the warpgroup's first row sees (and, with a window, from the first
