@@ -61,6 +61,16 @@ def _bits_layout():
 
 
 @gluon.jit
+def _mask_row_starts(mask_ptr, a, WG: gl.constexpr, layout: gl.constexpr):
+    """Per row of warpgroup WG, in `layout`: the byte of the request's packed mask that holds its
+    key 0 (token t's bits start at bit t kv_len), that key's bit in it, and whether the row is the
+    request's."""
+    offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=layout)
+    first_bit = (offs_m // a.group_size).to(gl.int64) * a.kv_len
+    return mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < a.num_rows
+
+
+@gluon.jit
 def _mask_rows(custom, start_n, hi, BLOCK_N: gl.constexpr, row_layout: gl.constexpr):
     """Per row of the warpgroup, whether its custom-mask bits of keys [start_n, min(start_n +
     BLOCK_N, hi)) are all 1 (full) or all 0 (empty), from the bytes that hold them: one
@@ -283,12 +293,9 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     gl.thread_barrier()
     offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
     q_pos = offs_m // a.group_size + a.q_offset
-    if a.HAS_MASK:  # token t's bits start at bit t kv_len of the request's mask
-        first_bit = (offs_m // a.group_size).to(gl.int64) * a.kv_len
-        offs_mb = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, _bits_layout()))
-        first_bit_b = (offs_mb // a.group_size).to(gl.int64) * a.kv_len
-        custom = (mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < a.num_rows,
-                  mask_ptr + (first_bit_b >> 3), (first_bit_b & 7).to(gl.int32), offs_mb < a.num_rows)
+    if a.HAS_MASK:  # the rows' mask coordinates for the per-logit bits, then for _mask_rows' bytes
+        custom = _mask_row_starts(mask_ptr, a, WG, row_s) + \
+            _mask_row_starts(mask_ptr, a, WG, gl.SliceLayout(1, _bits_layout()))
     else:
         custom = None
     # Whole tiles below what the warpgroup's first row sees (and, with a window, from the first
