@@ -32,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyflashinfer as flashinfer  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    H100_BF16_TFLOPS, host_profile, matmul_ceiling_tflops, rel_err, run_info, table, time_graph, time_host,
+    H100_BF16_TFLOPS, ClockMonitor, host_profile, matmul_ceiling_tflops, rel_err, run_info, table, time_graph, time_host,
 )
 from benchmarks.workloads import PREFILL, Prefill  # noqa: E402
 from pyflashinfer.attention.reference import attention_ref  # noqa: E402
@@ -40,6 +40,21 @@ from pyflashinfer.attention.reference import attention_ref  # noqa: E402
 TOL = 2e-2
 # "% of mm": against the bf16 matrix-product ceiling, measured at the start of a full run.
 MM_TFLOPS = {"ceiling": H100_BF16_TFLOPS}
+# The full run's clock monitor: a graph-timed row gets the mean SM clock and power of its timing.
+MONITOR: dict = {}
+
+
+def _graph_clock(fn, flops):
+    """time_graph(fn), and the row's graph columns: us, TFLOP/s, mean SM clock (MHz) and power (W)
+    while it ran, and TFLOP/s per GHz of that clock (the H100 runs prefill at its power cap)."""
+    t0 = time.time()
+    tg = time_graph(fn)
+    clock = MONITOR["m"].over(t0, time.time()) if "m" in MONITOR else {}
+    cols = {"graph us": tg and tg * 1e6, "graph TFLOP/s": tg and flops / tg / 1e12}
+    if tg and clock:
+        cols.update({"graph MHz": clock["MHz"], "graph W": clock["W"],
+                     "TFLOP/s per GHz": flops / tg / 1e12 / (clock["MHz"] / 1e3)})
+    return tg, cols
 
 
 def _check(name, out, q, k, v, p_dtype=None, **variant):
@@ -153,10 +168,10 @@ def bench(w, ws, rows):
         err = _check(f"{w.name} {label}", last_req(out), *(t[-1].to(torch.bfloat16) for t in ref_in),
                      p_dtype=e4m3 if label in fp8_p else None)
         t = time_host(fn)
-        tg = time_graph(fn) if "single" not in label else None
+        _, graph = _graph_clock(fn, w.flops) if "single" not in label else (None, {})
         row = {"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
-               "% of mm": 100 * w.flops / t / 1e12 / MM_TFLOPS["ceiling"], "graph us": tg and tg * 1e6,
-               "graph TFLOP/s": tg and w.flops / tg / 1e12, "rel err": err, "first call s": first}
+               "% of mm": 100 * w.flops / t / 1e12 / MM_TFLOPS["ceiling"], **graph, "rel err": err,
+               "first call s": first}
         print(row, flush=True)
         rows.append(row)
     qb = torch.stack(qs).transpose(1, 2).contiguous()
@@ -168,10 +183,10 @@ def bench(w, ws, rows):
                 with sdpa_kernel(backend):
                     return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
             fn()
-            t, tg = time_host(fn), time_graph(fn)
+            t = time_host(fn)
+            _, graph = _graph_clock(fn, w.flops)
             rows.append({"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
-                         "% of mm": 100 * w.flops / t / 1e12 / MM_TFLOPS["ceiling"], "graph us": tg and tg * 1e6,
-                         "graph TFLOP/s": tg and w.flops / tg / 1e12})
+                         "% of mm": 100 * w.flops / t / 1e12 / MM_TFLOPS["ceiling"], **graph})
         except Exception as e:
             print(f"  {label} unavailable: {type(e).__name__}: {str(e)[:120]}")
     try:
@@ -480,6 +495,7 @@ def main():
         print(run_info(), flush=True)
         return bench_pages(torch.empty(512 << 20, dtype=torch.uint8, device="cuda"))
     torch.manual_seed(0)
+    MONITOR["m"] = ClockMonitor()
     MM_TFLOPS["ceiling"] = matmul_ceiling_tflops()
     results = {**run_info(), "bf16 matmul TFLOP/s": MM_TFLOPS["ceiling"]}
     print(results, flush=True)
@@ -489,8 +505,9 @@ def main():
         bench(w, ws, rows)
     bench_mixed(ws, rows)
     results["rows"] = rows
-    print(table(rows, ["workload", "impl", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "% of mm", "rel err",
-                       "first call s", "plan"]))
+    MONITOR.pop("m").close()
+    print(table(rows, ["workload", "impl", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "graph MHz", "graph W",
+                       "TFLOP/s per GHz", "% of mm", "rel err", "first call s", "plan"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)

@@ -8,6 +8,8 @@ Correctness is checked by the caller before anything is timed.
 from __future__ import annotations
 
 import statistics
+import subprocess
+import threading
 import time
 from typing import Callable, Optional
 
@@ -36,6 +38,51 @@ def header_line(script: str, dry_run: bool) -> str:
     name = "CPU (Triton interpreter, dry run)" if dry_run else torch.cuda.get_device_name()
     return (f"# {script}: {name}, torch {torch.__version__}, triton {triton.__version__}, "
             f"pyflashinfer {pyflashinfer.__version__}, {datetime.datetime.now().isoformat(timespec='minutes')}")
+
+
+class ClockMonitor:
+    """The GPU's SM clock, power draw and clock-limit reasons, sampled by nvidia-smi every
+    `period_ms` in a background thread (no samples where nvidia-smi is missing).
+
+    The H100 runs bf16 prefill at its 700 W software power cap (limit reason 0x4): the kernel's
+    work per clock stays put while the clock moves with the data, the temperature and how long
+    the GPU has been busy (benchmarks/RESULTS.md, 2026-12-07). `over(t0, t1)` gives the mean
+    clock and power of a timed stretch, so that TFLOP/s per GHz compares runs at other clocks."""
+
+    def __init__(self, period_ms: int = 50):
+        self.samples: list = []
+        cmd = ["nvidia-smi", "--query-gpu=clocks.sm,power.draw,clocks_event_reasons.active",
+               "--format=csv,noheader,nounits", "-lms", str(period_ms)]
+        if torch.cuda.is_available():  # this process's GPU only
+            cmd += ["-i", f"GPU-{torch.cuda.get_device_properties(torch.cuda.current_device()).uuid}"]
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self._proc = None
+            return
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            parts = [p.strip() for p in line.split(",")]
+            try:
+                self.samples.append((time.time(), float(parts[0]), float(parts[1]), parts[2]))
+            except (ValueError, IndexError):
+                continue
+
+    def over(self, t0: float, t1: float) -> dict:
+        """Mean SM clock (MHz) and power (W) of the samples taken between t0 and t1 (time.time()),
+        and the limit reasons seen; empty when there were none."""
+        sel = [s for s in self.samples if t0 <= s[0] <= t1]
+        if not sel:
+            return {}
+        return {"MHz": sum(s[1] for s in sel) / len(sel), "W": sum(s[2] for s in sel) / len(sel),
+                "limits": " ".join(sorted({s[3] for s in sel}))}
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
 
 
 def time_host(fn: Callable[[], object], reps: int = 30, warmup: int = 5) -> float:
