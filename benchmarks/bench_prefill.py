@@ -15,7 +15,8 @@ single, ragged (Gluon, fa2) and paged (Gluon), and bf16 q over the paged cache i
 through its dequantized copy, fa2), against torch
 SDPA (cuDNN, flash; batched [B, H, L, D], GQA heads expanded outside the timed region) and
 compiled FlexAttention in the same run, timed from the host (events around a call started from an
-idle GPU) and per call inside a CUDA graph. The first call of each path is timed from the host
+idle GPU) and per call inside a CUDA graph, the graph timings with the mean SM clock and power
+while they ran (where they ran long enough to read). The first call of each path is timed from the host
 (compile included). Every path is checked against the fp32 reference before it is timed.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ MONITOR: dict = {}
 
 def _graph_clock(fn, flops):
     """time_graph(fn), and the row's graph columns: us, TFLOP/s, mean SM clock (MHz) and power (W)
-    while it ran, and TFLOP/s per GHz of that clock (the H100 runs prefill at its power cap)."""
+    while it ran, and TFLOP/s per GHz of that clock (the H100 runs prefill at its power cap); the
+    clock columns stay blank for timings too short for nvidia-smi to read (ClockMonitor.over)."""
     t0 = time.time()
     tg = time_graph(fn)
     clock = MONITOR["m"].over(t0, time.time()) if "m" in MONITOR else {}

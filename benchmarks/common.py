@@ -70,11 +70,17 @@ class ClockMonitor:
             except (ValueError, IndexError):
                 continue
 
+    # nvidia-smi's readings trail the GPU by up to about half a second (a 75-ms timing read the
+    # idle clock and power of before it; H100, 2026-12-07): a stretch's first SETTLE_S seconds are
+    # left out, and a stretch with fewer than MIN_SAMPLES samples after that gets nothing.
+    SETTLE_S = 0.5
+    MIN_SAMPLES = 5
+
     def over(self, t0: float, t1: float) -> dict:
-        """Mean SM clock (MHz) and power (W) of the samples taken between t0 and t1 (time.time()),
-        and the limit reasons seen; empty when there were none."""
-        sel = [s for s in self.samples if t0 <= s[0] <= t1]
-        if not sel:
+        """Mean SM clock (MHz) and power (W) of the samples taken between t0 + SETTLE_S and t1
+        (time.time()), and the limit reasons seen; empty for a stretch too short to read."""
+        sel = [s for s in self.samples if t0 + self.SETTLE_S <= s[0] <= t1]
+        if len(sel) < self.MIN_SAMPLES:
             return {}
         return {"MHz": sum(s[1] for s in sel) / len(sel), "W": sum(s[2] for s in sel) / len(sel),
                 "limits": " ".join(sorted({s[3] for s in sel}))}
