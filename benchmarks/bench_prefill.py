@@ -33,7 +33,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyflashinfer as flashinfer  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    H100_BF16_TFLOPS, ClockMonitor, host_profile, matmul_ceiling_tflops, rel_err, run_info, table, time_graph, time_host,
+    H100_BF16_TFLOPS, ClockMonitor, host_profile, matmul_ceiling_tflops, rel_err, run_info, table, time_graph,
+    time_host,
 )
 from benchmarks.workloads import PREFILL, Prefill  # noqa: E402
 from pyflashinfer.attention.reference import attention_ref  # noqa: E402
@@ -45,18 +46,19 @@ MM_TFLOPS = {"ceiling": H100_BF16_TFLOPS}
 MONITOR: dict = {}
 
 
-def _graph_clock(fn, flops):
-    """time_graph(fn), and the row's graph columns: us, TFLOP/s, mean SM clock (MHz) and power (W)
-    while it ran, and TFLOP/s per GHz of that clock (the H100 runs prefill at its power cap); the
-    clock columns stay blank for timings too short for nvidia-smi to read (ClockMonitor.over)."""
+def _graph_clock(fn, flops) -> dict:
+    """A row's graph columns from time_graph(fn): us, TFLOP/s, mean SM clock (MHz), power (W) and
+    clock-limit reasons while it ran, and TFLOP/s per GHz of that clock (the H100 runs prefill at
+    its power cap); the clock columns stay out for timings too short for nvidia-smi to read
+    (ClockMonitor.over)."""
     t0 = time.time()
     tg = time_graph(fn)
     clock = MONITOR["m"].over(t0, time.time()) if "m" in MONITOR else {}
     cols = {"graph us": tg and tg * 1e6, "graph TFLOP/s": tg and flops / tg / 1e12}
     if tg and clock:
-        cols.update({"graph MHz": clock["MHz"], "graph W": clock["W"],
+        cols.update({"graph MHz": clock["MHz"], "graph W": clock["W"], "graph limits": clock["limits"],
                      "TFLOP/s per GHz": flops / tg / 1e12 / (clock["MHz"] / 1e3)})
-    return tg, cols
+    return cols
 
 
 def _check(name, out, q, k, v, p_dtype=None, **variant):
@@ -170,7 +172,7 @@ def bench(w, ws, rows):
         err = _check(f"{w.name} {label}", last_req(out), *(t[-1].to(torch.bfloat16) for t in ref_in),
                      p_dtype=e4m3 if label in fp8_p else None)
         t = time_host(fn)
-        _, graph = _graph_clock(fn, w.flops) if "single" not in label else (None, {})
+        graph = _graph_clock(fn, w.flops) if "single" not in label else {}
         row = {"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
                "% of mm": 100 * w.flops / t / 1e12 / MM_TFLOPS["ceiling"], **graph, "rel err": err,
                "first call s": first}
@@ -186,7 +188,7 @@ def bench(w, ws, rows):
                     return F.scaled_dot_product_attention(qb, kb, vb, is_causal=True)
             fn()
             t = time_host(fn)
-            _, graph = _graph_clock(fn, w.flops)
+            graph = _graph_clock(fn, w.flops)
             rows.append({"workload": w.name, "impl": label, "us": t * 1e6, "TFLOP/s": w.flops / t / 1e12,
                          "% of mm": 100 * w.flops / t / 1e12 / MM_TFLOPS["ceiling"], **graph})
         except Exception as e:
