@@ -133,6 +133,20 @@ def gpu_twin(entry: dict) -> dict | None:
     return twin
 
 
+def _desc_type(dtype: str, page_size: int, d: int, block_n: int) -> str:
+    """The signature type of the Gluon kernel's host-side K/V descriptor (batch_launch._kv_desc):
+    Triton's own specialisation of one built over a CPU tensor."""
+    import torch
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    from pyflashinfer.attention import batch_launch
+    t = torch.empty(block_n, d, dtype={"bf16": torch.bfloat16, "fp16": torch.float16,
+                                       "fp8e4nv": torch.float8_e4m3fn}[dtype])
+    desc, _, _ = batch_launch._kv_desc(t, (0, d, d), page_size, 1, block_n)
+    return native_specialize_impl(BaseBackend, desc, False, True, True)[0]
+
+
 def gluon_variants() -> list[dict]:
     """The Gluon Hopper prefill kernel never runs under the interpreter, so no test run records
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
@@ -180,15 +194,19 @@ def gluon_variants() -> list[dict]:
             sig["vt_ptr"] = f"*{dtype}"
         else:
             sig["vt_ptr"], consts["vt_ptr"] = "constexpr", None
-        sig.update({n: f"*{dtype}" for n in ("q_ptr", "k_ptr", "v_ptr")}, o_ptr="*fp16" if fp8 else f"*{dtype}",
+        block_n = batch_launch.HOPPER_BLOCK_N[d]
+        desc = _desc_type(dtype, page, d, block_n)
+        sig.update(q_ptr=f"*{dtype}", k_desc=desc, v_desc=desc, o_ptr="*fp16" if fp8 else f"*{dtype}",
                    qk_scale="fp32", v_scale="fp32", softcap_in="fp32")
+        if fp8:  # P V reads V^T through a descriptor built on the device
+            sig["v_desc"], consts["v_desc"] = "constexpr", None
         sig.update({n: "*i32" for n in ("work_ptr", "qo_indptr_ptr", "seq_lens_ptr", "kv_indptr_ptr")})
         optional = {"lse_ptr": "*fp32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "part_indptr_ptr": "*i32"}
         for n, t in optional.items():
             sig[n] = t if extra else "constexpr"
             if not extra:
                 consts[n] = None
-        consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=batch_launch.HOPPER_BLOCK_N[d],
+        consts.update(HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n,
                       STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
                       PAGE_SIZE=page, COPY_PAGE=copy_page, HAS_WINDOW="w" in feats, HAS_SOFTCAP="c" in feats,

@@ -408,7 +408,7 @@ HOPPER = [
 def test_hopper_prefill_kernel(case, device, monkeypatch):
     """Plans the Gluon kernel covers run on it (and on the portable kernel with backend="fa2"),
     both within the tolerance policy of the fp32 reference."""
-    _, qo_lens, kv_lens, h_qo, h_kv, d, causal = case
+    name, qo_lens, kv_lens, h_qo, h_kv, d, causal = case
     used = _spy_hopper_prefill(monkeypatch)
     qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
     ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
@@ -416,15 +416,30 @@ def test_hopper_prefill_kernel(case, device, monkeypatch):
     q = torch.cat(qs)
     q_strided = torch.empty(q.shape[0], h_qo, d + 64, dtype=BF16, device=device)[..., :d]  # non-contiguous rows
     q_strided.copy_(q)
+    k, v = _kv_with_nan_tail(torch.cat(ks), torch.cat(vs), HOPPER.index(case) % 2 == 1)
     for backend, gluon in (("auto", True), ("fa2", False)):
         w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device=device),
                                                             backend=backend)
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, causal=causal,
                q_data_type=BF16, fixed_split_size=2048 if "split" in case[0] else None)
         assert w.plan_value.num_partials > 0 or "split" not in case[0]
-        out, lse = w.run(q_strided, torch.cat(ks), torch.cat(vs), return_lse=True)
+        out, lse = w.run(q_strided, k, v, return_lse=True)
         assert used[-1] is gluon
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
+
+
+def _kv_with_nan_tail(k, v, heads_stacked: bool, extra: int = 40):
+    """k and v [T, H, D] as views with `extra` NaN rows after T (the wrapper takes K/V longer than
+    the plan's KV): heads side by side in a token's row of a fused [T + extra, 2, H, D] buffer, or
+    stacked (an HND [H, T + extra, D] buffer seen as NHD)."""
+    t, h, d = k.shape
+    if heads_stacked:
+        kv = torch.full((2, h, t + extra, d), float("nan"), dtype=k.dtype, device=k.device)
+        kv[0, :, :t], kv[1, :, :t] = k.transpose(0, 1), v.transpose(0, 1)
+        return kv[0].transpose(0, 1), kv[1].transpose(0, 1)
+    kv = torch.full((t + extra, 2, h, d), float("nan"), dtype=k.dtype, device=k.device)
+    kv[:t, 0], kv[:t, 1] = k, v
+    return kv[:, 0], kv[:, 1]
 
 
 def _poison_unused_rows(cache, indptr, indices, last, layout):

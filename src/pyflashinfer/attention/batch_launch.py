@@ -13,13 +13,15 @@ from typing import Optional
 
 import torch
 import triton
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._launch import launch, launcher_op
 from .kernels.common import LOG2E
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
 from .kernels.prefill_hopper import prefill_ws_kernel
-from .launch import _pow2, copy_kv, fp8_qk, hopper_prefill, kv_tma, merge_states_into, write_vt
+from .launch import _pow2, copy_kv, fp8_qk, hopper_prefill, kv_desc_view, kv_tma, merge_states_into, write_vt
 from .plan import section
 
 # The Gluon kernel's KV tile by head dim: 128 led 64 on every prefill workload of PERFORMANCE.md
@@ -92,6 +94,45 @@ def _paged_decode_launch(
 paged_decode = launcher_op("paged_decode", _paged_decode_launch, ("part_o", "part_lse", "counters", "out", "lse"))
 
 
+_GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16, torch.float8_e4m3fn: gl.float8e4nv}
+
+
+def _kv_desc(t: torch.Tensor, strides: tuple, page_size: int, heads: int, block_n: int):
+    """The Gluon kernel's host-side tensor descriptor of K or V (launch.kv_desc_view), one copy
+    a page (page_size > 0) or a KV tile, and its view-position arguments (name prefix "k_" or
+    "v_" added by the caller); then a function that builds the same descriptor over another
+    tensor of the same shape and strides (a replay's)."""
+    view = kv_desc_view(t, strides, page_size, heads)
+    d = t.shape[-1]
+    layout = gl.NVMMASharedLayout.get_default_for([block_n, d], _GL_DTYPES[t.dtype])
+
+    def build(x: torch.Tensor) -> TensorDescriptor:
+        return TensorDescriptor(x, [view.rows, view.width], [view.row_stride, 1], [page_size or block_n, d], layout)
+
+    return build(t), dict(page_rows=view.page_rows, head_row=view.head_row, head_col=view.head_col), build
+
+
+class _DescReplay:
+    """A Replay of the Gluon kernel, whose K/V arrive as tensor descriptors: the k/v tensors a
+    run passes (by their pointer names) are rebuilt into descriptors first."""
+
+    __slots__ = ("replay", "builders")
+
+    def __init__(self, replay, builders: dict):  # pointer name -> (descriptor argument, build)
+        self.replay, self.builders = replay, builders
+
+    def __call__(self, **tensors) -> None:
+        for name, (arg, build) in self.builders.items():
+            if name in tensors:
+                tensors[arg] = build(tensors.pop(name))
+        self.replay(**tensors)
+
+
+# The portable kernel's K/V arguments, which the Gluon kernel takes as tensor descriptors.
+_PTR_KV_ARGS = ("k_ptr", "v_ptr", "kv_indices_ptr", "stride_kpage", "stride_kn", "stride_kh", "stride_vpage",
+                "stride_vn", "stride_vh")
+
+
 def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: Optional[torch.Tensor],
                    strides: tuple, out: torch.Tensor, lse: Optional[torch.Tensor], alibi: Optional[torch.Tensor],
                    sinks: Optional[torch.Tensor], sm_scale: float, v_scale: float, backend: str = "auto") -> list:
@@ -125,29 +166,42 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
     if hopper_prefill(plan, q, k, v, strides, backend):
         vt = plan.v_t  # held by fp8-q plans only
         names = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "lse_ptr")
-        page_size, copy_page, kv = plan.page_size, -1, {}
+        page_size, copy_page, kv_strides = plan.page_size, -1, strides
         if vt is not None:  # fp8: P V reads V^T, written here from this run's V
             replays.append((write_vt(vt, v, sec[0], sec[2], kv_indices, (vp, vn, vh), plan.page_size,
                                      plan.batch_size, plan.max_kv_len), ("v_ptr",)))
+            names = ("q_ptr", "k_ptr", "o_ptr", "lse_ptr")
         elif plan.kv_copy is not None:  # an fp8 KV or small pages: the kernel reads a ragged copy
             kc, vc = plan.kv_copy
             replays.append((copy_kv(kc, vc, k, v, sec[0], sec[2], kv_indices, strides, plan.page_size,
                                     plan.batch_size, plan.max_kv_len, sec[3], var.window_left, plan.block_n),
                             ("k_ptr", "v_ptr")))
             page_size, copy_page, names = 0, plan.page_size, ("q_ptr", "o_ptr", "lse_ptr")
-            kv = dict(k_ptr=kc, v_ptr=vc, kv_indices_ptr=None, stride_kpage=0, stride_kn=kc.stride(0),
-                      stride_kh=kc.stride(1), stride_vpage=0, stride_vn=vc.stride(0), stride_vh=vc.stride(1))
+            k, v, kv_indices = kc, vc, None
+            kv_strides = (0, kc.stride(0), kc.stride(1), 0, vc.stride(0), vc.stride(1))
+        block_n = HOPPER_BLOCK_N[plan.head_dim_qk]
+        descs, builders = {}, {}
+        for x, which in ((k, "k"), (v, "v")) if vt is None else ((k, "k"),):
+            at = 0 if which == "k" else 3
+            desc, pos, build = _kv_desc(x, kv_strides[at:at + 3], page_size, plan.num_kv_heads, block_n)
+            descs.update({f"{which}_desc": desc, **{f"{which}_{n}": p for n, p in pos.items()}})
+            builders[f"{which}_ptr"] = (f"{which}_desc", build)
+        if vt is not None:
+            descs.update(v_desc=None, v_page_rows=0, v_head_row=0, v_head_col=0)
         cap = var.soft_cap  # logits cap tanh(q.k sm_scale / cap): the kernel's exp2 scale is then cap log2(e)
-        attn = launch(prefill_ws_kernel, grid, num_warps=4, num_pages=k.shape[0] if page_size else 0,
+        launch_args = {n: a for n, a in common.items() if n not in _PTR_KV_ARGS}
+        attn = launch(prefill_ws_kernel, grid, num_warps=4,
                       vt_ptr=vt, sinks_ptr=sinks, stride_vth=vt.stride(0) if vt is not None else 0,
                       stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=(cap or sm_scale) * LOG2E.value,
                       v_scale=v_scale, window_left=var.window_left, softcap_in=sm_scale / cap if cap else 1.0,
-                      HEAD_DIM=plan.head_dim_qk, BLOCK_N=HOPPER_BLOCK_N[plan.head_dim_qk],
+                      HEAD_DIM=plan.head_dim_qk, BLOCK_N=block_n,
                       STAGES=HOPPER_STAGES[q.element_size()], CONSUMER_REGS=HOPPER_CONSUMER_REGS,
                       PAGE_SIZE=page_size, COPY_PAGE=copy_page,
                       HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=cap > 0, HAS_SINKS=sinks is not None,
                       mask_ptr=plan.packed_mask, mask_indptr_ptr=plan.mask_indptr,
-                      HAS_MASK=plan.packed_mask is not None, **{**common, **kv})
+                      HAS_MASK=plan.packed_mask is not None, kv_indices_ptr=kv_indices, **descs, **launch_args)
+        if attn is not None:
+            attn = _DescReplay(attn, {n: b for n, b in builders.items() if n in names})
         names += ("sinks_ptr",)
     else:
         use_tma = kv_tma(k, v, (kn, kh, vn, vh), paged=plan.page_size > 0, use_rope=var.use_rope)

@@ -221,22 +221,62 @@ def copy_kv(kc: torch.Tensor, vc: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                   PAGE_SIZE=page_size, WINDOW_ALIGN=window_align)
 
 
+@dataclass(frozen=True)
+class KvView:
+    """K or V of every KV head as the 2D row-major view [rows, width] (row stride: the token
+    stride) that the Gluon kernel's host-side tensor descriptors read. Page p's token t of head h
+    (ragged: token t, p = 0) sits at view row p page_rows + h head_row + t, columns from
+    h head_col: heads stacked (HND-like strides) are head_row rows apart, heads side by side in a
+    token's row (NHD-like) head_col columns apart."""
+
+    rows: int
+    width: int
+    row_stride: int
+    page_rows: int
+    head_row: int
+    head_col: int
+
+
+def kv_desc_view(t: torch.Tensor, strides: tuple, page_size: int, heads: int) -> Optional[KvView]:
+    """The KvView of t (ragged [tokens, heads, D], or a paged cache [pages, ..., D] with page_size
+    tokens a page; strides (page, token, head) in elements), or None where the copy engine cannot
+    read it so: an unaligned base or stride, a page stride not a whole number of token strides,
+    heads that neither stack nor fit side by side in a token's row, or more than 2^31 rows."""
+    sp, sn, sh = strides
+    d = t.shape[-1]
+    size = t.element_size()
+    count = t.shape[0]  # tokens, or pages
+    if (count == 0 or t.stride(-1) != 1 or sn <= 0 or sh < 0 or not aligned16(t)
+            or any(s * size % 16 for s in (sp, sn, sh)) or (page_size and sp % sn)):
+        return None
+    page_rows = sp // sn if page_size else 0
+    tokens = (count - 1) * page_rows + page_size if page_size else count
+    if sh % sn == 0:
+        view = KvView(tokens + (heads - 1) * (sh // sn), d, sn, page_rows, sh // sn, 0)
+    elif (heads - 1) * sh + d <= sn:
+        view = KvView(tokens, (heads - 1) * sh + d, sn, page_rows, 0, sh)
+    else:
+        return None
+    return view if view.rows < 2 ** 31 else None
+
+
 def hopper_prefill(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, strides: tuple,
                    backend: str = "auto") -> bool:
     """Whether this launch of a batch prefill plan runs on the Gluon kernel: a plan it covers
     (hopper_covers) with the pre-pass buffer it needs (fp8 q: V^T, plan.v_t; a KV it reads from a
-    copy, kv_copied: plan.kv_copy; the plan holds them when they fit), and K/V read in place
-    through tensor descriptors (16-byte aligned token and head strides; a page stride that is a
-    whole number of token strides). strides: (k page, k token, k head, v page, v token, v head) in
-    elements. Everything else runs on the portable kernel (kernels/prefill.py)."""
-    kp, kn, kh, vp, vn, vh = strides
+    copy, kv_copied: plan.kv_copy; the plan holds them when they fit), and K (and V, but with fp8
+    q, whose V the pre-pass reads) read in place through host-side tensor descriptors
+    (kv_desc_view). strides: (k page, k token, k head, v page, v token, v head) in elements.
+    Everything else runs on the portable kernel (kernels/prefill.py)."""
     if not hopper_covers(plan, q.device, backend):
         return False
     if kv_copied(plan):  # the pre-pass reads any strides
         return plan.kv_copy is not None
-    return ((q.element_size() == 2 or plan.v_t is not None)
-            and kv_tma(k, v, (kn, kh, vn, vh), paged=False, use_rope=False)
-            and (not plan.page_size or (kp % kn == 0 and vp % vn == 0)))
+    if q.element_size() == 1 and plan.v_t is None:
+        return False
+    h = plan.num_kv_heads
+    return (kv_desc_view(k, strides[:3], plan.page_size, h) is not None
+            and (q.element_size() == 1 or kv_desc_view(v, strides[3:], plan.page_size, h) is not None))
 
 
 def fp8_qk(q: torch.Tensor, k: torch.Tensor) -> bool:

@@ -10,10 +10,14 @@ source's page size: launch.kv_copied), equal head dims of 64 or 128 (or 256 with
 64-key tiles), causal or not, with a custom mask, a sliding window, a soft cap and sinks or
 not (launch.hopper_prefill says when); everything else goes to the portable kernel.
 
+K and V come as host-side tensor descriptors (launch.kv_desc_view), each a 2D view of every
+KV head's rows (a head is a row offset, or a column offset for heads side by side in a token's
+row), ragged or the whole paged cache: a tile past the request's kv_len reads other rows (or
+zeros past the tensor), which the mask drops from S and _zero_tail zeroes in V before P V.
+Building descriptors on the device cost each program about 1.5 us before its first copy
+(benchmarks/RESULTS.md).
+
 A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
-- before them, its 4 warps build device-side tensor descriptors: ragged, the request's K and V, bounded by its kv_len (a tile
-  past the end reads zeros, never another request's rows); paged, the KV head's rows of the
-  whole cache, one copy per page (V rows past kv_len are zeroed before P V);
 - a producer warp copies K and V tiles through the copy engine into two-slot rings
   (mbarriers: ready per slot, and empty per slot, which every consumer releases);
 - one consumer warpgroup per 64 rows loads its Q rows through registers into shared memory
@@ -219,43 +223,46 @@ class _WsArgs:
 
 
 @gluon.jit
-def _ws_producer(a: _WsArgs, paging, PAGE_SIZE: gl.constexpr):
+def _ws_producer(a: _WsArgs, kv_at, PAGE_SIZE: gl.constexpr):
     """One warp: copy K and V tiles into their rings, each slot once both consumers freed it.
-    paging (PAGE_SIZE > 0): (the request's page ids, cache rows per page of K, of V), one copy
-    per page; else one copy per tile."""
+    kv_at: where the request's K/V rows sit in their descriptors' views (see _copy_tile); one
+    copy per page (PAGE_SIZE > 0), else one per tile."""
     for j in range(a.n_tiles):
         s = j % a.STAGES
         refill = j >= a.STAGES
         phase = ((j // a.STAGES) & 1) ^ 1
         row = a.lo + j * a.BLOCK_N
         mbarrier.wait(a.k_empty.index(s), phase, pred=refill)
-        _copy_tile(a.k_desc, a.k_smem.index(s), a.k_ready.index(s), row, a.kv_len, paging, 1, a.BLOCK_N, PAGE_SIZE)
+        _copy_tile(a.k_desc, a.k_smem.index(s), a.k_ready.index(s), row, a.kv_len, kv_at, 0, a.BLOCK_N, PAGE_SIZE)
         mbarrier.wait(a.v_empty.index(s), phase, pred=refill)
         if a.FP8:  # V^T [head dim, kv] of the request, zeros past kv_len
             mbarrier.expect(a.v_ready.index(s), a.v_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(a.v_desc, [0, row], a.v_ready.index(s), a.v_smem.index(s))
         else:
-            _copy_tile(a.v_desc, a.v_smem.index(s), a.v_ready.index(s), row, a.kv_len, paging, 2, a.BLOCK_N,
+            _copy_tile(a.v_desc, a.v_smem.index(s), a.v_ready.index(s), row, a.kv_len, kv_at, 3, a.BLOCK_N,
                        PAGE_SIZE)
 
 
 @gluon.jit
-def _copy_tile(desc, smem, bar, row, kv_len, paging, WHICH: gl.constexpr, BLOCK_N: gl.constexpr,
+def _copy_tile(desc, smem, bar, row, kv_len, kv_at, AT: gl.constexpr, BLOCK_N: gl.constexpr,
                PAGE_SIZE: gl.constexpr):
-    """KV tokens [row, row + BLOCK_N) of the request into smem, completing on bar."""
+    """KV tokens [row, row + BLOCK_N) of the request into smem, completing on bar. kv_at[AT:AT + 3]:
+    the view row of the request's token 0 (ragged; paged: of its page's token 0, past the page's
+    first row), the head's column, and (paged) view rows per page; kv_at[6]: the request's page ids."""
+    row0 = kv_at[AT]
+    col = kv_at[AT + 1]
     if PAGE_SIZE == 0:
         mbarrier.expect(bar, desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(desc, [row, 0], bar, smem)
+        tma.async_copy_global_to_shared(desc, [row0 + row, col], bar, smem)
     else:
         # Every page slot of the tile is copied (the byte count is fixed); slots past the
         # request's last page take that page again, rows past kv_len are masked (K) or zeroed (V).
-        pages_ptr = paging[0]
-        rows_per_page = paging[WHICH]
+        rows_per_page = kv_at[AT + 2]
         last = gl.cdiv(gl.minimum(BLOCK_N, kv_len - row), PAGE_SIZE) - 1
         mbarrier.expect(bar, BLOCK_N // PAGE_SIZE * desc.block_type.nbytes)
         for i in gl.static_range(BLOCK_N // PAGE_SIZE):
-            page = gl.load(pages_ptr + row // PAGE_SIZE + gl.minimum(i, last)).to(gl.int64)
-            tma.async_copy_global_to_shared(desc, [(page * rows_per_page).to(gl.int32), 0], bar,
+            page = gl.load(kv_at[6] + row // PAGE_SIZE + gl.minimum(i, last)).to(gl.int64)
+            tma.async_copy_global_to_shared(desc, [(page * rows_per_page).to(gl.int32) + row0, col], bar,
                                             smem.slice(i * PAGE_SIZE, PAGE_SIZE))
 
 
@@ -338,7 +345,7 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
             p = _p_operand(p_new, dtype, p_layout, a.FP8)
         last = n_tiles - 1
         mbarrier.wait(a.v_ready.index(last % STAGES), (last // STAGES) & 1)
-        if PAGE_SIZE > 0 and not a.FP8:  # rows past kv_len hold whatever the cache has: no 0 * NaN in P V
+        if not a.FP8:  # rows past kv_len hold whatever the tensor has there: no 0 * NaN in P V
             _zero_tail(a.v_smem.index(last % STAGES), a.kv_len - (a.lo + last * BLOCK_N), BLOCK_N, HEAD_DIM)
         acc = warpgroup_mma(p, _v_operand(a.v_smem.index(last % STAGES), a.FP8), acc, is_async=True)
         acc, p = _pv_wait(acc, p, a.FP8)
@@ -440,15 +447,15 @@ def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_
         gl.store(lse_ptr + rows * stride_ln + head * stride_lh, lse, mask=mask_m)
 
 
-@gluon.jit(do_not_specialize=["group_size", "num_pages", "window_left"])
+@gluon.jit(do_not_specialize=["group_size", "window_left"])
 def prefill_ws_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+    q_ptr, k_desc, v_desc, o_ptr, lse_ptr,
     work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, kv_indices_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr,
     vt_ptr, sinks_ptr, mask_ptr, mask_indptr_ptr,
-    stride_qn, stride_qh, stride_kpage, stride_kn, stride_kh, stride_vpage, stride_vn, stride_vh,
+    stride_qn, stride_qh, k_page_rows, k_head_row, k_head_col, v_page_rows, v_head_row, v_head_col,
     stride_on, stride_oh, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh, stride_vth, stride_vtd,
-    group_size, num_pages, qk_scale, v_scale, window_left, softcap_in,
+    group_size, qk_scale, v_scale, window_left, softcap_in,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PAGE_SIZE: gl.constexpr, COPY_PAGE: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
@@ -506,24 +513,17 @@ def prefill_ws_kernel(
     fence_async_shared()
 
     h64 = pid_h.to(gl.int64)
-    if PAGE_SIZE == 0:  # the request's K/V: rows past kv_len read zeros
-        k_desc = tma.make_tensor_descriptor(k_ptr + kv_start.to(gl.int64) * stride_kn + h64 * stride_kh,
-                                            [kv_len, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM], kv_smem_layout)
-        if not FP8:
-            v_desc = tma.make_tensor_descriptor(v_ptr + kv_start.to(gl.int64) * stride_vn + h64 * stride_vh,
-                                                [kv_len, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM],
-                                                kv_smem_layout)
-        paging = (kv_indices_ptr, 0, 0)  # unused
-    else:  # the whole cache of this KV head as rows: page p's token t is row p * (page stride / token stride) + t
-        k_rows = stride_kpage // stride_kn
-        v_rows = stride_vpage // stride_vn
-        k_desc = tma.make_tensor_descriptor(k_ptr + h64 * stride_kh, [(num_pages - 1) * k_rows + PAGE_SIZE, HEAD_DIM],
-                                            [stride_kn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
-        if not FP8:
-            v_desc = tma.make_tensor_descriptor(v_ptr + h64 * stride_vh,
-                                                [(num_pages - 1) * v_rows + PAGE_SIZE, HEAD_DIM],
-                                                [stride_vn, 1], [PAGE_SIZE, HEAD_DIM], kv_smem_layout)
-        paging = (kv_indices_ptr + kv_start, k_rows, v_rows)
+    # The view rows and columns of this head's K and V (_copy_tile); ragged, from the request's first row.
+    k_row0 = pid_h * k_head_row
+    v_row0 = pid_h * v_head_row
+    if PAGE_SIZE == 0:
+        k_row0 += kv_start
+        v_row0 += kv_start
+    if PAGE_SIZE > 0:
+        pages = kv_indices_ptr + kv_start
+    else:  # unused
+        pages = k_row0
+    kv_at = (k_row0, pid_h * k_head_col, k_page_rows, v_row0, pid_h * v_head_col, v_page_rows, pages)
     if FP8:  # V^T of the request, its columns in P's order (kernels/kv_prepass.py); zeros past kv_len
         v_desc = tma.make_tensor_descriptor(vt_ptr + h64 * stride_vth + _request_base(kv_start, req, PAGE_SIZE),
                                             [HEAD_DIM, (kv_len + 15) // 16 * 16], [stride_vtd, 1], [HEAD_DIM, BLOCK_N],
@@ -539,7 +539,7 @@ def prefill_ws_kernel(
                 HAS_SOFTCAP, HAS_SINKS)
     if WGS == 2:
         gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_consumer, (a, ptrs, 1, PAGE_SIZE)),
-                            (_ws_producer, (a, paging, PAGE_SIZE))], [4, 1], [CONSUMER_REGS, 24])
+                            (_ws_producer, (a, kv_at, PAGE_SIZE))], [4, 1], [CONSUMER_REGS, 24])
     else:
-        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_producer, (a, paging, PAGE_SIZE))],
+        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_producer, (a, kv_at, PAGE_SIZE))],
                            [1], [24])
