@@ -44,6 +44,9 @@ TOL = 2e-2
 MM_TFLOPS = {"ceiling": H100_BF16_TFLOPS}
 # The full run's clock monitor: a graph-timed row gets the mean SM clock and power of its timing.
 MONITOR: dict = {}
+# Seconds the GPU idles before each graph timing (--settle): a short timing's clock depends on how
+# long the GPU has just been busy, so without a pause each row pays for the rows before it.
+SETTLE = {"s": 0.0}
 
 
 def _graph_clock(fn, flops) -> dict:
@@ -51,6 +54,7 @@ def _graph_clock(fn, flops) -> dict:
     clock-limit reasons while it ran, and TFLOP/s per GHz of that clock (the H100 runs prefill at
     its power cap); the clock columns stay out for timings too short for nvidia-smi to read
     (ClockMonitor.over)."""
+    time.sleep(SETTLE["s"])
     t0 = time.time()
     tg = time_graph(fn)
     clock = MONITOR["m"].over(t0, time.time()) if "m" in MONITOR else {}
@@ -484,7 +488,10 @@ def main():
     ap.add_argument("--variants", action="store_true", help="only: window, soft cap and sinks at L16384")
     ap.add_argument("--pages", action="store_true", help="only: the paged wrapper by page size (1, 16, 128)")
     ap.add_argument("--masks", action="store_true", help="only: custom masks (causal as a mask, tree verification)")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds the GPU idles before each graph timing of the full run (default 0)")
     args = ap.parse_args()
+    SETTLE["s"] = args.settle
     if args.masks:
         print(run_info(), flush=True)
         return bench_masks(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"))
