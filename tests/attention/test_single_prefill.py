@@ -147,3 +147,40 @@ def test_fp8_qkv_prefill(per_head, d, device):
     (o32, l32), (olp, llp) = refs(q, k, v, F16, causal=True)
     assert_close_policy(o, o32, olp, name="o")
     assert_close_policy(lse, l32, llp, name="lse")
+
+
+def _sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+# (id, qo_len, kv_len, H_qo, H_kv, head_dim, dtype, layout, kwargs): row tiles x KV heads for at
+# least half of an H100's 132 SMs, so that the batch prefill's Gluon kernel takes them.
+ON_BATCH_KERNEL = [
+    ("g4-d128-causal", 2048, 2048, 32, 8, 128, BF16, "NHD", dict(causal=True)),
+    ("g1-d64-hnd-window", 1100, 3000, 16, 16, 64, F16, "HND", dict(causal=True, window_left=700)),
+    ("g7-d128-softcap-noncausal", 700, 650, 28, 4, 128, BF16, "NHD", dict(logits_soft_cap=30.0)),
+    ("g2-d256-chunked", 1200, 1900, 32, 16, 256, BF16, "NHD", dict(causal=True, sm_scale=0.07)),
+    ("g4-d128-long-at-once", 6144, 6144, 32, 8, 128, BF16, "NHD", dict(causal=True)),
+]
+
+
+@pytest.mark.skipif(not _sm90(), reason="the batch prefill's Gluon kernel runs on sm_90 only")
+@pytest.mark.parametrize("case", ON_BATCH_KERNEL, ids=[c[0] for c in ON_BATCH_KERNEL])
+def test_single_prefill_on_batch_kernel(case, device, monkeypatch):
+    """On sm_90 a plain single prefill with programs for half the SMs runs on the batch Gluon kernel: at once
+    when its work dwarfs a plan's host time, else from its shape's second call on; both calls
+    within the tolerance policy of the fp32 reference."""
+    from pyflashinfer.attention import batch_launch
+    name, qo_len, kv_len, h_qo, h_kv, d, dtype, layout, kw = case
+    used = []
+    real = batch_launch.hopper_prefill
+    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    q = torch.randn(qo_len, h_qo, d, device=device).to(dtype)
+    k, v, _, _ = rand_kv(kv_len, h_kv, d, dtype, device, layout)
+    (o32, l32), (olp, llp) = refs(q, as_nhd(k, layout), as_nhd(v, layout), lowp_of(dtype), **kw)
+    for call in range(2):
+        o, lse = flashinfer.single_prefill_with_kv_cache(q, k, v, kv_layout=layout, return_lse=True, **kw)
+        # the wrapper's later runs replay its launch without deciding again
+        assert used == ([True] if call or "at-once" in name else [])
+        assert_close_policy(o, o32, olp, name=f"o (call {call})")
+        assert_close_policy(lse, l32, llp, name=f"lse (call {call})")

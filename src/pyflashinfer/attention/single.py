@@ -5,6 +5,7 @@ Semantics follow FlashInfer: LSE in base 2, causal aligned bottom-right, inclusi
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from typing import Optional, Tuple, Union
@@ -12,9 +13,9 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .. import _validate as V
-from ..utils import PosEncodingMode, get_alibi_slopes
+from ..utils import PosEncodingMode, get_alibi_slopes, is_interpreting, num_sms
 from .._launch import empty_output
-from .launch import Variant, attention_fwd, decode_fwd
+from .launch import Variant, attention_fwd, batch_prefill_tile, decode_fwd, hopper_covers_fields
 from .masks import pack_custom_mask
 
 _BACKENDS = ("auto", "fa2", "fa3")
@@ -198,9 +199,70 @@ def single_prefill_with_kv_cache(
                        logits_soft_cap=logits_soft_cap, rope_scale=rope_scale, rope_theta=rope_theta)
     out = empty_output(qo_len, num_qo_heads, v.shape[-1], dtype=o_dtype, device=device)
     lse = empty_output(qo_len, num_qo_heads, dtype=torch.float32, device=device) if return_lse else None
-    attention_fwd(q, k, v, out, lse, variant, packed_mask=packed,
-                  alibi_slopes=_alibi(variant, num_qo_heads, device), head_scales=head_scales)
+    plain = packed is None and head_scales is None and k_scale is None and v_scale is None
+    if not (plain and _on_batch_kernel(q, k, v, out, lse, variant, backend)):
+        attention_fwd(q, k, v, out, lse, variant, packed_mask=packed,
+                      alibi_slopes=_alibi(variant, num_qo_heads, device), head_scales=head_scales)
     return (out, lse) if return_lse else out
+
+
+# On sm_90 a single prefill that the batch prefill's Gluon kernel covers runs on it, as a batch of
+# one request through a ragged wrapper (H100, 2026-12-07: llama3-8b L4096 reads 294 TFLOP/s on
+# the portable kernel here, 592 through the wrapper; benchmarks/RESULTS.md). A plan costs host
+# time (0.1-0.35 ms), so planned wrappers are kept by shape and variant: a shape gets one at once
+# when its work dwarfs that cost, else the second time it comes.
+_PLANNED: collections.OrderedDict = collections.OrderedDict()
+_SEEN: collections.OrderedDict = collections.OrderedDict()
+_MAX_PLANNED = 32
+_PLAN_AT_ONCE_FLOP = 2e11
+
+
+def _on_batch_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                     lse: Optional[torch.Tensor], variant: Variant, backend: str) -> bool:
+    """Runs the single prefill on the Gluon kernel and returns True where that applies: sm_90,
+    16-bit q/k/v and output of one dtype, no mask, scales, RoPE or ALiBi, a head dim it covers,
+    and row tiles x KV heads for at least half the SMs (the plans split no KV, so they share no
+    workspace; fewer programs over a long KV want the portable kernel's split). Otherwise False:
+    the portable kernel runs it."""
+    qo_len, num_qo_heads, d_qk = q.shape
+    kv_len, num_kv_heads, d_vo = v.shape
+    if (is_interpreting() or torch.compiler.is_compiling() or q.dtype not in V.FLOAT16_TYPES
+            or not q.dtype == k.dtype == v.dtype == out.dtype or variant.use_rope or variant.use_alibi
+            or kv_len == 0):
+        return False
+    group = num_qo_heads // num_kv_heads
+    tile = batch_prefill_tile(q.device, backend, q.dtype, k.dtype, d_qk, d_vo, 0, qo_len * group, False, False,
+                              False)
+    if (not hopper_covers_fields(q.device, backend, q.dtype, k.dtype, d_qk, d_vo, 0, tile.block_m, tile.block_n,
+                                 False)
+            or 2 * -(-qo_len * group // tile.block_m) * num_kv_heads < num_sms(q.device)):
+        return False
+    key = (q.device, qo_len, kv_len, num_qo_heads, num_kv_heads, d_qk, d_vo, q.dtype, variant, backend)
+    wrapper = _PLANNED.get(key)
+    if wrapper is None:
+        flop = 4.0 * qo_len * kv_len * num_qo_heads * d_qk / (2 if variant.causal else 1)
+        if torch.cuda.is_current_stream_capturing() or (key not in _SEEN and flop < _PLAN_AT_ONCE_FLOP):
+            _remember(_SEEN, key, None)
+            return False
+        from .prefill import BatchPrefillWithRaggedKVCacheWrapper
+        wrapper = BatchPrefillWithRaggedKVCacheWrapper(torch.empty(1 << 10, dtype=torch.uint8, device=q.device),
+                                                       backend=backend)
+        wrapper.plan(torch.tensor([0, qo_len], dtype=torch.int32), torch.tensor([0, kv_len], dtype=torch.int32),
+                     num_qo_heads, num_kv_heads, d_qk, head_dim_vo=d_vo, causal=variant.causal,
+                     window_left=variant.window_left, logits_soft_cap=variant.soft_cap or None,
+                     sm_scale=variant.sm_scale, q_data_type=q.dtype, disable_split_kv=True)
+        _remember(_PLANNED, key, wrapper)
+    else:
+        _PLANNED.move_to_end(key)
+    wrapper.run(q, k, v, out=out, lse=lse, return_lse=lse is not None)
+    return True
+
+
+def _remember(cache: collections.OrderedDict, key, value) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _MAX_PLANNED:
+        cache.popitem(last=False)
 
 
 def _head_scales(scale_q, scale_k, scale_v, num_qo_heads: int, num_kv_heads: int, device):
