@@ -69,3 +69,17 @@ def random_paged_cache(kv_lens, num_kv_heads, head_dim, page_size, dtype, device
     table = (torch.tensor(indptr, **i32), torch.tensor(indices, **i32), torch.tensor(last, **i32))
     paged = (cache[:, 0], cache[:, 1]) if as_tuple else cache
     return paged, table, ks, vs, kv_scale
+
+
+def sm90() -> bool:
+    """Whether the tests run on an sm_90 GPU (where the Gluon prefill kernel runs)."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def spy_hopper_prefill(monkeypatch) -> list:
+    """What batch_launch.hopper_prefill decides at each launch (True: the Gluon kernel), in order."""
+    from pyflashinfer.attention import batch_launch
+    used = []
+    real = batch_launch.hopper_prefill
+    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    return used

@@ -4,7 +4,7 @@ import torch
 
 import pyflashinfer as flashinfer
 from helpers import assert_close_policy, lowp_of
-from cases import FP8, random_paged_cache
+from cases import FP8, random_paged_cache, sm90, spy_hopper_prefill
 from pyflashinfer.attention.reference import attention_ref
 
 F16, BF16, E4M3 = torch.float16, torch.bfloat16, torch.float8_e4m3fn
@@ -325,8 +325,8 @@ def test_cuda_graph_replay_after_replan(paged, dtype, kv_dtype, device):
     else:
         w.plan(_i32(_indptr(qo_b), device), _i32(_indptr(kv_b), device), h_qo, h_kv, d, causal=True, **types)
     assert w.plan_value.num_partials > 0, "plan B should split its long KV"
-    assert (w.plan_value.v_t is not None) == (fp8 and _sm90())
-    assert (w.plan_value.kv_copy is not None) == (fp8_kv and not fp8 and _sm90())
+    assert (w.plan_value.v_t is not None) == (fp8 and sm90())
+    assert (w.plan_value.kv_copy is not None) == (fp8_kv and not fp8 and sm90())
     q[: sum(qo_b)] = torch.cat(qs)
     out.fill_(float("nan"))
     g.replay()
@@ -377,19 +377,6 @@ def test_cuda_graph_mode_custom_mask(device):
         w.plan(_i32(_indptr(qo_lens), device), _i32(_indptr(kv_lens), device), h_qo, h_kv, d, q_data_type=F16)
 
 
-def _spy_hopper_prefill(monkeypatch) -> list:
-    """What batch_launch.hopper_prefill decides at each launch (True: the Gluon kernel), in order."""
-    from pyflashinfer.attention import batch_launch
-    used = []
-    real = batch_launch.hopper_prefill
-    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
-    return used
-
-
-def _sm90() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-
-
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, causal): mixed lengths up to 4096, empty requests,
 # chunked prefill (qo_len < kv_len), a split long KV, every kind of group.
 HOPPER = [
@@ -403,13 +390,13 @@ HOPPER = [
 ]
 
 
-@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER, ids=[c[0] for c in HOPPER])
 def test_hopper_prefill_kernel(case, device, monkeypatch):
     """Plans the Gluon kernel covers run on it (and on the portable kernel with backend="fa2"),
     both within the tolerance policy of the fp32 reference."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, causal = case
-    used = _spy_hopper_prefill(monkeypatch)
+    used = spy_hopper_prefill(monkeypatch)
     qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
     ks = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
     vs = [torch.randn(n, h_kv, d, device=device).to(BF16) for n in kv_lens]
@@ -473,11 +460,11 @@ HOPPER_PAGED = [
 ]
 
 
-@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_PAGED, ids=[c[0] for c in HOPPER_PAGED])
 def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, layout, causal = case
-    used = _spy_hopper_prefill(monkeypatch)
+    used = spy_hopper_prefill(monkeypatch)
     cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, BF16, device, layout,
                                                                   as_tuple=False)
     _poison_unused_rows(cache, indptr, indices, last, layout)
@@ -532,13 +519,13 @@ HOPPER_VARIANTS = [
 ]
 
 
-@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_VARIANTS, ids=[c[0] for c in HOPPER_VARIANTS])
 def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch):
     """Sliding windows, soft caps and sinks on the Gluon kernel (and on the portable one with
     backend="fa2"), ragged and paged (unused cache rows NaN), 16-bit, fp8 q/k/v and fp8 KV."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
-    used = _spy_hopper_prefill(monkeypatch)
+    used = spy_hopper_prefill(monkeypatch)
     fp8_q = q_dtype == E4M3
     kv, scales, qs, sinks = _hopper_inputs(case, device)
     split = dict(fixed_split_size=256 // page if page else 1024) if "split" in name else {}
@@ -569,13 +556,13 @@ HOPPER_MASKS = [
 ]
 
 
-@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_MASKS, ids=[c[0] for c in HOPPER_MASKS])
 def test_hopper_prefill_custom_mask(case, device, monkeypatch):
     """Custom masks on the Gluon kernel (and on the portable one with backend="fa2"); causal=True
     is planned too, which a custom mask overrides."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
-    used = _spy_hopper_prefill(monkeypatch)
+    used = spy_hopper_prefill(monkeypatch)
     fp8_q = q_dtype == E4M3
     kv, scales, qs, sinks = _hopper_inputs(case, device)
     masks = [torch.rand(q, k, device=device) < 0.5 for q, k in zip(qo_lens, kv_lens)]
@@ -716,13 +703,13 @@ def _plan_and_run_fp8_case(case, kv, qs, ws, q_data_type, scales, device, backen
     return w, out, lse
 
 
-@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_FP8[:1] + HOPPER_FP8[2:], ids=[c[0] for c in HOPPER_FP8[:1] + HOPPER_FP8[2:]])
 def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
     """bf16 q over an fp8 e4m3 KV with scales: on the Gluon kernel through the dequantized copy
     in the float workspace; with a workspace too small for it (unsplit plans, whose partial
     states need none), on the portable kernel."""
-    used = _spy_hopper_prefill(monkeypatch)
+    used = spy_hopper_prefill(monkeypatch)
     _, qo_lens, _, h_qo, _, d, _, causal = case
     kv = _fp8_kv(case, device)
     qs = [torch.randn(n, h_qo, d, device=device).to(BF16) for n in qo_lens]
@@ -734,12 +721,12 @@ def test_hopper_fp8_kv_prefill_kernel(case, device, monkeypatch):
         _check(out, lse, qs, kv["ks"], kv["vs"], BF16, causal=causal, **scales)
 
 
-@pytest.mark.skipif(not _sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_FP8, ids=[c[0] for c in HOPPER_FP8])
 def test_hopper_fp8_prefill_kernel(case, device, monkeypatch):
     """fp8 q/k/v with per-tensor scales on the Gluon kernel (P V on fp8 tensor cores, so PyTorch's
     own error is measured with P rounded to e4m3) and on the portable kernel (backend="fa2")."""
-    used = _spy_hopper_prefill(monkeypatch)
+    used = spy_hopper_prefill(monkeypatch)
     _, qo_lens, _, h_qo, _, d, _, causal = case
     scales = dict(q_scale=0.5, k_scale=0.25, v_scale=2.0)
     qs = [(torch.randn(n, h_qo, d, device=device) * 4).to(E4M3) for n in qo_lens]

@@ -4,7 +4,7 @@ import torch
 
 import pyflashinfer as flashinfer
 from helpers import assert_close_policy, lowp_of
-from cases import as_nhd, rand_kv, refs
+from cases import as_nhd, rand_kv, refs, sm90, spy_hopper_prefill
 
 F16, BF16, E4M3, E5M2 = torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2
 
@@ -149,10 +149,6 @@ def test_fp8_qkv_prefill(per_head, d, device):
     assert_close_policy(lse, l32, llp, name="lse")
 
 
-def _sm90() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-
-
 # (id, qo_len, kv_len, H_qo, H_kv, head_dim, dtype, layout, kwargs): row tiles x KV heads for at
 # least half of an H100's 132 SMs, so that the batch prefill's Gluon kernel takes them.
 ON_BATCH_KERNEL = [
@@ -164,17 +160,14 @@ ON_BATCH_KERNEL = [
 ]
 
 
-@pytest.mark.skipif(not _sm90(), reason="the batch prefill's Gluon kernel runs on sm_90 only")
+@pytest.mark.skipif(not sm90(), reason="the batch prefill's Gluon kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", ON_BATCH_KERNEL, ids=[c[0] for c in ON_BATCH_KERNEL])
 def test_single_prefill_on_batch_kernel(case, device, monkeypatch):
     """On sm_90 a plain single prefill with programs for half the SMs runs on the batch Gluon kernel: at once
     when its work dwarfs a plan's host time, else from its shape's second call on; both calls
     within the tolerance policy of the fp32 reference."""
-    from pyflashinfer.attention import batch_launch
     name, qo_len, kv_len, h_qo, h_kv, d, dtype, layout, kw = case
-    used = []
-    real = batch_launch.hopper_prefill
-    monkeypatch.setattr(batch_launch, "hopper_prefill", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    used = spy_hopper_prefill(monkeypatch)
     q = torch.randn(qo_len, h_qo, d, device=device).to(dtype)
     k, v, _, _ = rand_kv(kv_len, h_kv, d, dtype, device, layout)
     (o32, l32), (olp, llp) = refs(q, as_nhd(k, layout), as_nhd(v, layout), lowp_of(dtype), **kw)
