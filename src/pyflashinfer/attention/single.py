@@ -230,16 +230,16 @@ def _on_batch_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: tor
             or not q.dtype == k.dtype == v.dtype == out.dtype or variant.use_rope or variant.use_alibi
             or kv_len == 0):
         return False
-    group = num_qo_heads // num_kv_heads
-    tile = batch_prefill_tile(q.device, backend, q.dtype, k.dtype, d_qk, d_vo, 0, qo_len * group, False, False,
-                              False)
-    if (not hopper_covers_fields(q.device, backend, q.dtype, k.dtype, d_qk, d_vo, 0, tile.block_m, tile.block_n,
-                                 False)
-            or 2 * -(-qo_len * group // tile.block_m) * num_kv_heads < num_sms(q.device)):
-        return False
     key = (q.device, qo_len, kv_len, num_qo_heads, num_kv_heads, d_qk, d_vo, q.dtype, variant, backend)
     wrapper = _PLANNED.get(key)
-    if wrapper is None:
+    if wrapper is None:  # what follows depends on the key alone: a planned shape passed it
+        group = num_qo_heads // num_kv_heads
+        tile = batch_prefill_tile(q.device, backend, q.dtype, k.dtype, d_qk, d_vo, 0, qo_len * group, False, False,
+                                  False)
+        if (not hopper_covers_fields(q.device, backend, q.dtype, k.dtype, d_qk, d_vo, 0, tile.block_m,
+                                     tile.block_n, False)
+                or 2 * -(-qo_len * group // tile.block_m) * num_kv_heads < num_sms(q.device)):
+            return False
         flop = 4.0 * qo_len * kv_len * num_qo_heads * d_qk / (2 if variant.causal else 1)
         if torch.cuda.is_current_stream_capturing() or (key not in _SEEN and flop < _PLAN_AT_ONCE_FLOP):
             _remember(_SEEN, key, None)
