@@ -516,13 +516,12 @@ def prefill_ws_kernel(
     # The view rows and columns of this head's K and V (_copy_tile); ragged, from the request's first row.
     k_row0 = pid_h * k_head_row
     v_row0 = pid_h * v_head_row
-    if PAGE_SIZE == 0:
-        k_row0 += kv_start
-        v_row0 += kv_start
     if PAGE_SIZE > 0:
         pages = kv_indices_ptr + kv_start
-    else:  # unused
-        pages = k_row0
+    else:
+        k_row0 += kv_start
+        v_row0 += kv_start
+        pages = k_row0  # unused
     kv_at = (k_row0, pid_h * k_head_col, k_page_rows, v_row0, pid_h * v_head_col, v_page_rows, pages)
     if FP8:  # V^T of the request, its columns in P's order (kernels/kv_prepass.py); zeros past kv_len
         v_desc = tma.make_tensor_descriptor(vt_ptr + h64 * stride_vth + _request_base(kv_start, req, PAGE_SIZE),
