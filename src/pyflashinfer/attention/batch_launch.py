@@ -114,17 +114,25 @@ def _kv_desc(t: torch.Tensor, strides: tuple, page_size: int, heads: int, block_
 
 class _DescReplay:
     """A Replay of the Gluon kernel, whose K/V arrive as tensor descriptors: the k/v tensors a
-    run passes (by their pointer names) are rebuilt into descriptors first."""
+    run passes (by their pointer names) become descriptors first. A replay's tensors match the
+    first run's shape and strides, so a descriptor depends on the data pointer alone: the last
+    one built per argument is kept, and a run over the same K/V (a serving engine's one cache)
+    builds none."""
 
-    __slots__ = ("replay", "builders")
+    __slots__ = ("replay", "builders", "built")
 
     def __init__(self, replay, builders: dict):  # pointer name -> (descriptor argument, build)
         self.replay, self.builders = replay, builders
+        self.built = {}  # descriptor argument -> (data pointer, descriptor)
 
     def __call__(self, **tensors) -> None:
         for name, (arg, build) in self.builders.items():
             if name in tensors:
-                tensors[arg] = build(tensors.pop(name))
+                t = tensors.pop(name)
+                kept = self.built.get(arg)
+                if kept is None or kept[0] != t.data_ptr():
+                    kept = self.built[arg] = (t.data_ptr(), build(t))
+                tensors[arg] = kept[1]
         self.replay(**tensors)
 
 
