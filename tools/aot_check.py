@@ -152,10 +152,11 @@ def gluon_variants() -> list[dict]:
     it: compile the variants the batch prefill launches on sm_90 (head dim x row tile x causal,
     with and without LSE and split-KV partial states, bf16; fp16; paged with pages of 16 and 64;
     fp8 e4m3, ragged and paged; 16-bit q over a copied KV (fp8 dequantized, pages of 1 gathered);
-    with a window (w), a soft cap (c), sinks (s) and a custom mask (m))."""
+    with a window (w), a soft cap (c), sinks (s) and a custom mask (m); the short tile
+    (launch.SHORT_TILE: t), persistent (p))."""
     import itertools
 
-    from pyflashinfer.attention import batch_launch
+    from pyflashinfer.attention import batch_launch, launch
     from pyflashinfer.attention.kernels.prefill_hopper import prefill_ws_kernel as kernel
     out = []
     for d, block_m, causal, extra, dtype, page, feats in itertools.chain(
@@ -172,7 +173,9 @@ def gluon_variants() -> list[dict]:
              (128, 128, False, True, "fp8e4nv", 16, "m"), (128, 128, False, False, "bf16", "cp1", "mcs"),
              (256, 128, False, True, "bf16", 0, "m")],
             [(256, 128, True, True, "bf16", 0, "wcs"), (256, 128, False, False, "fp16", 16, ""),
-             (256, 64, True, True, "bf16", 0, ""), (256, 64, True, False, "bf16", "cp16", "")]):
+             (256, 64, True, True, "bf16", 0, ""), (256, 64, True, False, "bf16", "cp16", "")],
+            [(128, 64, True, True, "bf16", 0, "tp"), (128, 64, True, False, "fp16", 16, "t"),
+             (128, 64, False, True, "bf16", "cp1", "tpwcsm"), (128, 64, False, False, "bf16", 16, "tpm")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
         if "s" in feats:
             sig["sinks_ptr"] = "*fp32"
@@ -194,7 +197,8 @@ def gluon_variants() -> list[dict]:
             sig["vt_ptr"] = f"*{dtype}"
         else:
             sig["vt_ptr"], consts["vt_ptr"] = "constexpr", None
-        block_n = batch_launch.HOPPER_BLOCK_N[d]
+        short = launch.SHORT_TILE if "t" in feats else None
+        block_n = short.block_n if short else batch_launch.HOPPER_BLOCK_N[d]
         desc = _desc_type(dtype, page, d, block_n)
         sig.update(q_ptr=f"*{dtype}", k_desc=desc, v_desc=desc, o_ptr="*fp16" if fp8 else f"*{dtype}",
                    qk_scale="fp32", v_scale="fp32", softcap_in="fp32")
@@ -210,11 +214,11 @@ def gluon_variants() -> list[dict]:
                       STAGES=batch_launch.HOPPER_STAGES[1 if fp8 else 2], IS_CAUSAL=causal,
                       WRITE_LSE=extra, HAS_PARTIALS=extra, CONSUMER_REGS=batch_launch.HOPPER_CONSUMER_REGS,
                       PAGE_SIZE=page, COPY_PAGE=copy_page, HAS_WINDOW="w" in feats, HAS_SOFTCAP="c" in feats,
-                      HAS_SINKS="s" in feats, HAS_MASK="m" in feats)
+                      HAS_SINKS="s" in feats, HAS_MASK="m" in feats, PERSISTENT="p" in feats)
         sig.update({n: "constexpr" for n in consts})
         out.append({"module": kernel.fn.__module__, "name": "prefill_ws_kernel", "signature": sig,
                     "constexprs": consts, "attrs": {n: "D" for n, t in sig.items() if t.startswith("*")},
-                    "num_warps": 4, "num_stages": 2, "gluon": True})
+                    "num_warps": 4, "num_stages": 2, "gluon": True, "maxnreg": short and short.maxnreg})
     return out
 
 

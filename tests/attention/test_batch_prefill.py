@@ -47,6 +47,41 @@ def _assert_split(w, case_id):
     assert (w.plan_value.num_partials > 0) == ("split" in case_id)
 
 
+@pytest.fixture(params=["auto", "long", "short-persistent"])
+def hopper_tile(request, monkeypatch):
+    """How a plan picks the Gluon kernel's tile at head dim 128 with 16-bit q: by its work
+    (launch.SHORT_KEYS), never the short tile, or always it with persistent programs that take
+    many units each (the launch sees 2 SMs: 4 programs). Returns a check of a wrapper's plan."""
+    from pyflashinfer.attention import batch_launch, launch
+    if request.param == "long":
+        monkeypatch.setattr(launch, "SHORT_KEYS", -1.0)
+    elif request.param == "short-persistent":
+        monkeypatch.setattr(launch, "SHORT_KEYS", float("inf"))
+        monkeypatch.setattr(batch_launch, "num_sms", lambda device: 2)
+
+    def check(w, gluon: bool, d: int, q_dtype: torch.dtype):
+        short = w.plan_value.maxnreg is not None
+        assert not short or (gluon and d == 128)
+        if request.param == "long":
+            assert not short
+        elif request.param == "short-persistent" and gluon and d == 128 and q_dtype.itemsize == 2:
+            assert short and w.plan_value.block_m == w.plan_value.block_n == 64
+    return check
+
+
+def test_mean_keys():
+    """The keys a row sees on average, requests weighted by rows x keys (launch.mean_keys)."""
+    from pyflashinfer.attention.launch import mean_keys
+    lens = torch.tensor([512, 512, 512, 512])
+    assert mean_keys(lens, lens, causal=True) == 256.0
+    assert mean_keys(lens, lens, causal=False) == 512.0
+    assert mean_keys(torch.tensor([100, 0]), torch.tensor([300, 0]), causal=True) == 250.0  # chunked: 200 + 50
+    assert mean_keys(torch.tensor([0, 0]), torch.tensor([0, 5]), causal=False) == 0.0
+    # a long request's rows outweigh many short ones
+    mixed = mean_keys(torch.tensor([4096] + [100] * 30), torch.tensor([4096] + [100] * 30), causal=True)
+    assert 2000 < mixed < 2048
+
+
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, dtype, kwargs)
 RAGGED = [
     ("causal-mixed", [5, 0, 40, 1], [5, 3, 100, 77], 8, 2, 64, F16, dict(causal=True)),
@@ -462,7 +497,7 @@ HOPPER_PAGED = [
 
 @pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_PAGED, ids=[c[0] for c in HOPPER_PAGED])
-def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
+def test_hopper_paged_prefill_kernel(case, device, monkeypatch, hopper_tile):
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, layout, causal = case
     used = spy_hopper_prefill(monkeypatch)
     cache, (indptr, indices, last), ks, vs, _ = random_paged_cache(kv_lens, h_kv, d, page, BF16, device, layout,
@@ -478,6 +513,7 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch):
         out, lse = w.run(torch.cat(qs), cache, return_lse=True)
         assert used[-1] is (backend == "auto")
         assert (w.plan_value.kv_copy is not None) is (backend == "auto" and page in (1, 3, 128))
+        hopper_tile(w, used[-1], d, BF16)
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
 
 
@@ -521,7 +557,7 @@ HOPPER_VARIANTS = [
 
 @pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_VARIANTS, ids=[c[0] for c in HOPPER_VARIANTS])
-def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch):
+def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch, hopper_tile):
     """Sliding windows, soft caps and sinks on the Gluon kernel (and on the portable one with
     backend="fa2"), ragged and paged (unused cache rows NaN), 16-bit, fp8 q/k/v and fp8 KV."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
@@ -536,6 +572,7 @@ def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch):
         gluon = backend == "auto"
         assert used[-1] is gluon
         assert w.plan_value.num_partials > 0 or "split" not in name
+        hopper_tile(w, gluon, d, q_dtype)
         _check(out, lse, qs, kv["ks"], kv["vs"], F16 if fp8_q else q_dtype, sinks=sinks,
                p_dtype=E4M3 if fp8_q and gluon else None, **scales, **kw)
 
@@ -558,7 +595,7 @@ HOPPER_MASKS = [
 
 @pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
 @pytest.mark.parametrize("case", HOPPER_MASKS, ids=[c[0] for c in HOPPER_MASKS])
-def test_hopper_prefill_custom_mask(case, device, monkeypatch):
+def test_hopper_prefill_custom_mask(case, device, monkeypatch, hopper_tile):
     """Custom masks on the Gluon kernel (and on the portable one with backend="fa2"); causal=True
     is planned too, which a custom mask overrides."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, kw = case
@@ -581,6 +618,7 @@ def test_hopper_prefill_custom_mask(case, device, monkeypatch):
         assert used[-1] is gluon
         assert w.plan_value.num_partials > 0 or "split" not in name
         assert w.plan_value.block_m == 128 or d != 256 or not gluon
+        hopper_tile(w, gluon, d, q_dtype)
         _check(out, lse, qs, kv["ks"], kv["vs"], F16 if fp8_q else q_dtype, masks=masks, sinks=sinks,
                p_dtype=E4M3 if fp8_q and gluon else None, **scales, **kw)
         row = min(2, qo_lens[0] - 1)

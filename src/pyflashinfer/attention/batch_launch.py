@@ -17,6 +17,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .._launch import launch, launcher_op
+from ..utils import num_sms
 from .kernels.common import LOG2E
 from .kernels.decode import decode_fwd_kernel
 from .kernels.prefill import attention_fwd_kernel
@@ -187,7 +188,8 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
             page_size, copy_page, names = 0, plan.page_size, ("q_ptr", "o_ptr", "lse_ptr")
             k, v, kv_indices = kc, vc, None
             kv_strides = (0, kc.stride(0), kc.stride(1), 0, vc.stride(0), vc.stride(1))
-        block_n = HOPPER_BLOCK_N[plan.head_dim_qk]
+        short = plan.maxnreg is not None  # launch.SHORT_TILE: two programs an SM
+        block_n = plan.block_n if short else HOPPER_BLOCK_N[plan.head_dim_qk]
         descs, builders = {}, {}
         for x, which in ((k, "k"), (v, "v")) if vt is None else ((k, "k"),):
             at = 0 if which == "k" else 3
@@ -198,7 +200,11 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
             descs.update(v_desc=None, v_page_rows=0, v_head_row=0, v_head_col=0)
         cap = var.soft_cap  # logits cap tanh(q.k sm_scale / cap): the kernel's exp2 scale is then cap log2(e)
         launch_args = {n: a for n, a in common.items() if n not in _PTR_KV_ARGS}
-        attn = launch(prefill_ws_kernel, grid, num_warps=4,
+        # Short units outnumbering the programs that fit at once run on that many persistent programs.
+        persistent = short and vt is None and plan.num_work * plan.num_kv_heads > 2 * num_sms(q.device)
+        if persistent:
+            grid = (2 * num_sms(q.device), 1, 1)
+        attn = launch(prefill_ws_kernel, grid, num_warps=4, maxnreg=plan.maxnreg,
                       vt_ptr=vt, sinks_ptr=sinks, stride_vth=vt.stride(0) if vt is not None else 0,
                       stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=(cap or sm_scale) * LOG2E.value,
                       v_scale=v_scale, window_left=var.window_left, softcap_in=sm_scale / cap if cap else 1.0,
@@ -207,7 +213,8 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
                       PAGE_SIZE=page_size, COPY_PAGE=copy_page,
                       HAS_WINDOW=var.window_left >= 0, HAS_SOFTCAP=cap > 0, HAS_SINKS=sinks is not None,
                       mask_ptr=plan.packed_mask, mask_indptr_ptr=plan.mask_indptr,
-                      HAS_MASK=plan.packed_mask is not None, kv_indices_ptr=kv_indices, **descs, **launch_args)
+                      HAS_MASK=plan.packed_mask is not None, PERSISTENT=persistent, num_heads=plan.num_kv_heads,
+                      kv_indices_ptr=kv_indices, **descs, **launch_args)
         if attn is not None:
             attn = _DescReplay(attn, {n: b for n, b in builders.items() if n in names})
         names += ("sinks_ptr",)

@@ -52,6 +52,7 @@ class TileConfig:
     num_warps: int
     num_stages: int
     warp_spec: bool = False  # producer/consumer warps for the unmasked KV loop (with KV_TMA)
+    maxnreg: Optional[int] = None  # Gluon kernel: registers per thread capped so that two programs share an SM
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -158,16 +159,44 @@ def hopper_covers_fields(device: torch.device, backend: str, q_dtype: torch.dtyp
             and block_m in (64, 128) and not has_pos_encoding)
 
 
+# Short prefill on the Gluon kernel (16-bit q, head dim 128): 64 x 64 tiles with registers capped at
+# 128 a thread, so that two programs share an SM and one's start and finish overlap the other's
+# products; persistent programs where the units outnumber them (batch_launch). Against the
+# 128 x 128 tile, per CUDA-graph call (H200, 2026-12-07, benchmarks/RESULTS.md): bs4 L512 202.5
+# -> 246.5 TFLOP/s, bs16 L256 133.1 -> 176.4, bs8 L1024 363.7 -> 381.7; llama3-8b L4096 595.2 ->
+# 488.8 (the long tile keeps that). SHORT_KEYS bounds the keys a query row sees on average,
+# each request weighted by its work (mean_keys).
+SHORT_TILE = TileConfig(64, 64, 4, 2, maxnreg=128)
+SHORT_KEYS = 1024
+
+
+def mean_keys(qo_lens: torch.Tensor, spans: torch.Tensor, causal: bool) -> float:
+    """The keys a query row of a batch sees on average, each request weighted by its work
+    (rows x keys): qo_lens and spans (the KV a row may see: kv_len, or what a window leaves)
+    per request, on the host. Causal rows see from the span's last qo_len keys on, so half of
+    those fewer."""
+    qo, span = qo_lens.double(), spans.double()
+    keys = (span - torch.minimum(qo, span) / 2).clamp(min=0) if causal else span
+    work = qo * keys
+    total = float(work.sum())
+    return float((work * keys).sum()) / total if total > 0 else 0.0
+
+
 def batch_prefill_tile(device: torch.device, backend: str, q_dtype: torch.dtype, kv_dtype: torch.dtype,
                        head_dim_qk: int, head_dim_vo: int, page_size: int, rows: int, has_mask: bool,
-                       use_rope: bool, has_pos_encoding: bool) -> TileConfig:
-    """A batch prefill plan's tile: the portable kernel's (prefill_tile), except that head dim
-    256 takes 128-row tiles where the Gluon kernel covers the plan and reads K/V in place (two
+                       use_rope: bool, has_pos_encoding: bool, keys: float = float("inf")) -> TileConfig:
+    """A batch prefill plan's tile: the portable kernel's (prefill_tile), except where the Gluon
+    kernel covers the plan: head dim 256 takes 128-row tiles where it reads K/V in place (two
     consumer warpgroups of 64 rows; the portable kernel's registers bound it to 64, and a plan
     read through a copy falls back to it when the copy does not fit): 1.2x per CUDA-graph call
-    at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md). rows: the most packed query rows of
-    a request."""
+    at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md); 16-bit q at head dim 128 takes
+    SHORT_TILE where its rows see SHORT_KEYS keys or fewer (keys: mean_keys of the batch) and
+    fill a 64-row tile. rows: the most packed query rows of a request."""
     tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope, has_mask)
+    if (keys <= SHORT_KEYS and head_dim_qk == head_dim_vo == 128 and q_dtype.itemsize == 2 and tile.block_m >= 64
+            and hopper_covers_fields(device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size,
+                                     SHORT_TILE.block_m, SHORT_TILE.block_n, has_pos_encoding)):
+        return SHORT_TILE
     copied = kv_copied_fields(q_dtype, kv_dtype, page_size, tile.block_n)
     if head_dim_qk == 256 and tile.block_m == 64 and rows > 64 and not copied and hopper_covers_fields(
             device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size, 128, tile.block_n,

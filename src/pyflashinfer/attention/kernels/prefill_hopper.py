@@ -39,6 +39,12 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   (kernels/kv_prepass.py) with its columns in the order in which each thread already holds P
   (_p_operand: no shuffles). v_scale is folded into 1 / l.
 
+Short work (launch.SHORT_TILE: 64 x 64 tiles, registers capped so that two programs share an
+SM) runs on persistent programs where its units outnumber them (PERSISTENT): program p takes
+units p, p + programs, ... of the work list (longest first, heads fastest), its producer copying
+the next unit's K/V while its consumers finish the last, each consumer reading the next unit's
+work entry while it computes this one.
+
 Measured on the H100 and the H200 with benchmarks/bench_prefill.py; see benchmarks/RESULTS.md.
 """
 from triton.experimental import gluon
@@ -65,13 +71,13 @@ def _bits_layout():
 
 
 @gluon.jit
-def _mask_row_starts(mask_ptr, a, WG: gl.constexpr, layout: gl.constexpr):
-    """Per row of warpgroup WG, in `layout`: the byte of the request's packed mask that holds its
-    key 0 (token t's bits start at bit t kv_len), that key's bit in it, and whether the row is the
-    request's."""
-    offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=layout)
-    first_bit = (offs_m // a.group_size).to(gl.int64) * a.kv_len
-    return mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < a.num_rows
+def _mask_row_starts(mask_ptr, a, u, WG: gl.constexpr, layout: gl.constexpr):
+    """Per row of warpgroup WG of unit u, in `layout`: the byte of the request's packed mask that
+    holds its key 0 (token t's bits start at bit t kv_len), that key's bit in it, and whether the
+    row is the request's."""
+    offs_m = u.first_row + WG * 64 + gl.arange(0, 64, layout=layout)
+    first_bit = (offs_m // a.group_size).to(gl.int64) * u.kv_len
+    return mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < u.num_rows
 
 
 @gluon.jit
@@ -156,6 +162,8 @@ def _softmax(s, m_i, l_i, qk_scale):
 
 @aggregate
 class _WsArgs:
+    """What every unit of a program shares: shared memory, barriers, descriptors, the plan's work
+    list and the launch's scalars."""
     q_smem: gl.shared_memory_descriptor
     k_smem: gl.shared_memory_descriptor
     v_smem: gl.shared_memory_descriptor
@@ -165,6 +173,12 @@ class _WsArgs:
     v_empty: gl.shared_memory_descriptor
     k_desc: tma.tensor_descriptor
     v_desc: tma.tensor_descriptor
+    work_ptr: gl.tensor
+    qo_indptr_ptr: gl.tensor
+    seq_lens_ptr: gl.tensor
+    kv_indptr_ptr: gl.tensor
+    stride_w: gl.tensor
+    num_heads: gl.tensor
     stride_on: gl.tensor
     stride_oh: gl.tensor
     stride_ln: gl.tensor
@@ -173,22 +187,13 @@ class _WsArgs:
     stride_ph: gl.tensor
     stride_pln: gl.tensor
     stride_plh: gl.tensor
-    pid_h: gl.tensor
     group_size: gl.tensor
-    q_start: gl.tensor
-    num_rows: gl.tensor
-    first_row: gl.tensor
-    q_offset: gl.tensor
-    kv_len: gl.tensor
-    lo: gl.tensor
-    hi: gl.tensor
-    n_tiles: gl.tensor
-    slot: gl.tensor
     qk_scale: gl.tensor
     v_scale: gl.tensor
     window_left: gl.tensor
     softcap_in: gl.tensor
     HEAD_DIM: gl.constexpr
+    BLOCK_M: gl.constexpr
     BLOCK_N: gl.constexpr
     STAGES: gl.constexpr
     IS_CAUSAL: gl.constexpr
@@ -199,48 +204,138 @@ class _WsArgs:
     HAS_MASK: gl.constexpr
     HAS_SOFTCAP: gl.constexpr
     HAS_SINKS: gl.constexpr
+    COPY_PAGE: gl.constexpr
 
     @gluon.constexpr_function
-    def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, stride_on,
-                 stride_oh, stride_ln, stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, pid_h, group_size,
-                 q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot, qk_scale, v_scale,
-                 window_left, softcap_in, HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8,
-                 HAS_WINDOW, HAS_MASK, HAS_SOFTCAP, HAS_SINKS):
+    def __init__(self, q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, work_ptr,
+                 qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, stride_w, num_heads, stride_on, stride_oh, stride_ln,
+                 stride_lh, stride_pn, stride_ph, stride_pln, stride_plh, group_size, qk_scale, v_scale, window_left,
+                 softcap_in, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8, HAS_WINDOW,
+                 HAS_MASK, HAS_SOFTCAP, HAS_SINKS, COPY_PAGE):
         self.q_smem, self.k_smem, self.v_smem = q_smem, k_smem, v_smem
         self.k_ready, self.v_ready, self.k_empty, self.v_empty = k_ready, v_ready, k_empty, v_empty
         self.k_desc, self.v_desc = k_desc, v_desc
+        self.work_ptr, self.qo_indptr_ptr, self.seq_lens_ptr = work_ptr, qo_indptr_ptr, seq_lens_ptr
+        self.kv_indptr_ptr, self.stride_w, self.num_heads = kv_indptr_ptr, stride_w, num_heads
         self.stride_on, self.stride_oh, self.stride_ln, self.stride_lh = stride_on, stride_oh, stride_ln, stride_lh
         self.stride_pn, self.stride_ph, self.stride_pln, self.stride_plh = stride_pn, stride_ph, stride_pln, stride_plh
-        self.pid_h, self.group_size, self.q_start, self.num_rows = pid_h, group_size, q_start, num_rows
-        self.first_row, self.q_offset, self.kv_len, self.lo, self.hi = first_row, q_offset, kv_len, lo, hi
-        self.n_tiles, self.slot, self.qk_scale, self.v_scale = n_tiles, slot, qk_scale, v_scale
+        self.group_size, self.qk_scale, self.v_scale = group_size, qk_scale, v_scale
         self.window_left, self.softcap_in = window_left, softcap_in
-        self.HEAD_DIM, self.BLOCK_N, self.STAGES = gl.constexpr(HEAD_DIM), gl.constexpr(BLOCK_N), gl.constexpr(STAGES)
+        self.HEAD_DIM, self.BLOCK_M = gl.constexpr(HEAD_DIM), gl.constexpr(BLOCK_M)
+        self.BLOCK_N, self.STAGES = gl.constexpr(BLOCK_N), gl.constexpr(STAGES)
         self.IS_CAUSAL, self.WRITE_LSE = gl.constexpr(IS_CAUSAL), gl.constexpr(WRITE_LSE)
         self.HAS_PARTIALS, self.FP8 = gl.constexpr(HAS_PARTIALS), gl.constexpr(FP8)
         self.HAS_WINDOW, self.HAS_SOFTCAP = gl.constexpr(HAS_WINDOW), gl.constexpr(HAS_SOFTCAP)
         self.HAS_MASK, self.HAS_SINKS = gl.constexpr(HAS_MASK), gl.constexpr(HAS_SINKS)
+        self.COPY_PAGE = gl.constexpr(COPY_PAGE)
+
+
+@aggregate
+class _Unit:
+    """One unit of work: a work item's row tile against one KV head's keys [lo, hi) (_unit)."""
+    pid_h: gl.tensor
+    req: gl.tensor
+    q_start: gl.tensor
+    num_rows: gl.tensor
+    first_row: gl.tensor
+    q_offset: gl.tensor
+    kv_len: gl.tensor
+    kv_start: gl.tensor
+    lo: gl.tensor
+    hi: gl.tensor
+    n_tiles: gl.tensor
+    slot: gl.tensor
+
+    @gluon.constexpr_function
+    def __init__(self, pid_h, req, q_start, num_rows, first_row, q_offset, kv_len, kv_start, lo, hi, n_tiles, slot):
+        self.pid_h, self.req, self.q_start, self.num_rows = pid_h, req, q_start, num_rows
+        self.first_row, self.q_offset, self.kv_len, self.kv_start = first_row, q_offset, kv_len, kv_start
+        self.lo, self.hi, self.n_tiles, self.slot = lo, hi, n_tiles, slot
 
 
 @gluon.jit
-def _ws_producer(a: _WsArgs, kv_at, PAGE_SIZE: gl.constexpr):
-    """One warp: copy K and V tiles into their rings, each slot once both consumers freed it.
-    kv_at: where the request's K/V rows sit in their descriptors' views (see _copy_tile); one
-    copy per page (PAGE_SIZE > 0), else one per tile."""
-    for j in range(a.n_tiles):
-        s = j % a.STAGES
-        refill = j >= a.STAGES
-        phase = ((j // a.STAGES) & 1) ^ 1
-        row = a.lo + j * a.BLOCK_N
+def _unit(a: _WsArgs, i):
+    return _unit_at(a.work_ptr, a.qo_indptr_ptr, a.seq_lens_ptr, a.kv_indptr_ptr, a.stride_w, a.num_heads,
+                    a.group_size, a.window_left, i, a.BLOCK_M, a.BLOCK_N, a.IS_CAUSAL, a.HAS_WINDOW, a.COPY_PAGE)
+
+
+@gluon.jit
+def _unit_at(work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, stride_w, num_heads, group_size, window_left, i,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr, HAS_WINDOW: gl.constexpr,
+             COPY_PAGE: gl.constexpr):
+    """Unit i of the launch: work item i // num_heads of the plan's work list for KV head
+    i % num_heads. Its keys are cut to what its rows see (causal bound, window); a padding item
+    (request -1, CUDA-graph plans) has no rows and no tiles."""
+    w = i // num_heads
+    req = gl.load(work_ptr + w)
+    live = req >= 0
+    req = gl.maximum(req, 0)
+    pid_m = gl.load(work_ptr + stride_w + w)
+    lo = gl.load(work_ptr + 2 * stride_w + w)
+    hi = gl.load(work_ptr + 3 * stride_w + w)
+    slot = gl.load(work_ptr + 4 * stride_w + w)
+    q_start = gl.load(qo_indptr_ptr + req)
+    qo_len = gl.where(live, gl.load(qo_indptr_ptr + req + 1) - q_start, 0)
+    kv_len = gl.load(seq_lens_ptr + req)
+    kv_start = gl.load(kv_indptr_ptr + req)
+    if COPY_PAGE >= 0:  # K/V copied by a pre-pass into its own rows
+        kv_start = _request_base(kv_start, req, COPY_PAGE)
+    num_rows = qo_len * group_size
+    first_row = pid_m * BLOCK_M
+    last_row = gl.minimum(first_row + BLOCK_M, num_rows) - 1
+    q_offset = kv_len - qo_len  # causal alignment: bottom-right
+    if IS_CAUSAL:
+        hi = gl.minimum(hi, last_row // group_size + q_offset + 1)
+    if HAS_WINDOW:  # keys before the first row's window: skipped from a multiple of 64 (of any page size) on
+        lo = gl.maximum(lo, gl.maximum(first_row // group_size + q_offset - window_left, 0) // 64 * 64)
+    n_tiles = gl.where(live, gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N), 0)
+    return _Unit(i % num_heads, req, q_start, num_rows, first_row, q_offset, kv_len, kv_start, lo, hi, n_tiles,
+                 slot)
+
+
+@gluon.jit
+def _ws_producer(a: _WsArgs, u, view, PAGE_SIZE: gl.constexpr, PERSISTENT: gl.constexpr):
+    """One warp: copy K and V tiles into their rings, each slot once every consumer freed it: unit
+    u's, or (PERSISTENT) those of the program's units in turn, each unit's first copies issued
+    as soon as the last unit's tiles free their slots."""
+    if PERSISTENT:
+        t = 0
+        for i in range(gl.program_id(0), a.stride_w * a.num_heads, gl.num_programs(0)):
+            t = _produce_unit(a, _unit(a, i), view, t, PAGE_SIZE)
+    else:
+        _produce_unit(a, u, view, 0, PAGE_SIZE)
+
+
+@gluon.jit
+def _produce_unit(a: _WsArgs, u: _Unit, view, t, PAGE_SIZE: gl.constexpr):
+    """Unit u's K/V tiles, the program's t-th tile on. view: the K/V descriptors' view rows per
+    page and rows and columns per head (kernels take them from launch.kv_desc_view), and the
+    page table; see _copy_tile. Returns t past the unit's tiles."""
+    k_page_rows, k_head_row, k_head_col, v_page_rows, v_head_row, v_head_col, kv_indices_ptr = view
+    k_row0 = u.pid_h * k_head_row
+    v_row0 = u.pid_h * v_head_row
+    if PAGE_SIZE > 0:
+        pages = kv_indices_ptr + u.kv_start
+    else:
+        k_row0 += u.kv_start
+        v_row0 += u.kv_start
+        pages = k_row0  # unused
+    kv_at = (k_row0, u.pid_h * k_head_col, k_page_rows, v_row0, u.pid_h * v_head_col, v_page_rows, pages)
+    for j in range(u.n_tiles):
+        s = (t + j) % a.STAGES
+        refill = t + j >= a.STAGES
+        phase = (((t + j) // a.STAGES) & 1) ^ 1
+        row = u.lo + j * a.BLOCK_N
         mbarrier.wait(a.k_empty.index(s), phase, pred=refill)
-        _copy_tile(a.k_desc, a.k_smem.index(s), a.k_ready.index(s), row, a.kv_len, kv_at, 0, a.BLOCK_N, PAGE_SIZE)
+        _copy_tile(a.k_desc, a.k_smem.index(s), a.k_ready.index(s), row, u.kv_len, kv_at, 0, a.BLOCK_N, PAGE_SIZE)
         mbarrier.wait(a.v_empty.index(s), phase, pred=refill)
         if a.FP8:  # V^T [head dim, kv] of the request, zeros past kv_len
             mbarrier.expect(a.v_ready.index(s), a.v_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(a.v_desc, [0, row], a.v_ready.index(s), a.v_smem.index(s))
         else:
-            _copy_tile(a.v_desc, a.v_smem.index(s), a.v_ready.index(s), row, a.kv_len, kv_at, 3, a.BLOCK_N,
+            _copy_tile(a.v_desc, a.v_smem.index(s), a.v_ready.index(s), row, u.kv_len, kv_at, 3, a.BLOCK_N,
                        PAGE_SIZE)
+    return t + u.n_tiles
 
 
 @gluon.jit
@@ -267,12 +362,31 @@ def _copy_tile(desc, smem, bar, row, kv_len, kv_at, AT: gl.constexpr, BLOCK_N: g
 
 
 @gluon.jit
-def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
-    """One warpgroup: rows [64 WG, 64 WG + 64) of the tile, S of tile j issued before P V of
-    tile j - 1 (the softmax of j overlaps that product). ptrs: q and its token and head strides,
-    then the output pointers (o, lse, part_o, part_lse, part_indptr), sinks and the request's
-    packed custom mask, any of the last six None when unused."""
-    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr, mask_ptr = ptrs
+def _ws_consumer(a: _WsArgs, u, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr, PERSISTENT: gl.constexpr):
+    """One warpgroup: rows [64 WG, 64 WG + 64) of unit u's tile, or (PERSISTENT) of the
+    program's units in turn. ptrs: q and its token and head strides, then the output pointers
+    (o, lse, part_o, part_lse, part_indptr), sinks, the packed custom mask and its indptr, any
+    of the last seven None when unused."""
+    if PERSISTENT:
+        t = 0
+        units = a.stride_w * a.num_heads
+        step = gl.num_programs(0)
+        u = _unit(a, gl.program_id(0))
+        for i in range(gl.program_id(0), units, step):
+            u_next = _unit(a, gl.minimum(i + step, units - 1))  # its loads in flight during this unit
+            t = _consume_unit(a, u, ptrs, t, WG, PAGE_SIZE)
+            u = u_next
+    else:
+        _consume_unit(a, u, ptrs, 0, WG, PAGE_SIZE)
+
+
+@gluon.jit
+def _consume_unit(a: _WsArgs, u: _Unit, ptrs, t, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
+    """Rows [64 WG, 64 WG + 64) of unit u, whose K/V tiles are the program's t-th on, S of tile
+    j issued before P V of tile j - 1 (the softmax of j overlaps that product). Returns t past
+    the unit's tiles."""
+    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr, mask_ptr, \
+        mask_indptr_ptr = ptrs
     dtype: gl.constexpr = a.k_smem.dtype
     BLOCK_N: gl.constexpr = a.BLOCK_N
     HEAD_DIM: gl.constexpr = a.HEAD_DIM
@@ -290,70 +404,72 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     # The warpgroup's Q rows through registers into shared memory, while the producer's first
     # K/V copies are in flight.
     io_layout: gl.constexpr = _io_layout(HEAD_DIM, 4)
-    offs_mq = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
+    offs_mq = u.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
     offs_dq = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
-    q_rows = (a.q_start + offs_mq // a.group_size).to(gl.int64) * stride_qn + \
-        (a.pid_h * a.group_size + offs_mq % a.group_size) * stride_qh
+    q_rows = (u.q_start + offs_mq // a.group_size).to(gl.int64) * stride_qn + \
+        (u.pid_h * a.group_size + offs_mq % a.group_size) * stride_qh
     q_smem = a.q_smem.index(WG)
-    q_smem.store(gl.load(q_ptr + q_rows[:, None] + offs_dq[None, :], mask=(offs_mq < a.num_rows)[:, None], other=0.0))
+    q_smem.store(gl.load(q_ptr + q_rows[:, None] + offs_dq[None, :], mask=(offs_mq < u.num_rows)[:, None], other=0.0))
     fence_async_shared()
     gl.thread_barrier()
-    offs_m = a.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
-    q_pos = offs_m // a.group_size + a.q_offset
+    offs_m = u.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
+    q_pos = offs_m // a.group_size + u.q_offset
     if a.HAS_MASK:  # the rows' mask coordinates for the per-logit bits, then for _mask_rows' bytes
-        custom = _mask_row_starts(mask_ptr, a, WG, row_s) + \
-            _mask_row_starts(mask_ptr, a, WG, gl.SliceLayout(1, _bits_layout()))
+        mask_ptr = mask_ptr + gl.load(mask_indptr_ptr + u.req).to(gl.int64)  # each request's mask on a byte of its own
+        custom = _mask_row_starts(mask_ptr, a, u, WG, row_s) + \
+            _mask_row_starts(mask_ptr, a, u, WG, gl.SliceLayout(1, _bits_layout()))
     else:
         custom = None
     # Whole tiles below what the warpgroup's first row sees (and, with a window, from the first
     # key its last row's window holds) need no mask; with a custom mask, every tile does.
-    seen_by_all = a.hi
+    seen_by_all = u.hi
     if a.HAS_MASK:
-        seen_by_all = a.lo
+        seen_by_all = u.lo
     elif a.IS_CAUSAL:
-        seen_by_all = gl.minimum(a.hi, (a.first_row + WG * 64) // a.group_size + a.q_offset + 1)
-    window_all = (gl.minimum(a.first_row + WG * 64 + 64, a.num_rows) - 1) // a.group_size + a.q_offset - a.window_left
+        seen_by_all = gl.minimum(u.hi, (u.first_row + WG * 64) // a.group_size + u.q_offset + 1)
+    window_all = (gl.minimum(u.first_row + WG * 64 + 64, u.num_rows) - 1) // a.group_size + u.q_offset - a.window_left
     m_i = gl.full([64], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([64], gl.float32, layout=row_s)
     acc = gl.zeros([64, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([64, BLOCK_N], gl.float32, layout=s_layout)
-    n_tiles = a.n_tiles
+    n_tiles = u.n_tiles
     if n_tiles > 0:
-        mbarrier.wait(a.k_ready.index(0), 0)
-        s = warpgroup_mma(q_smem, a.k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(a.k_ready.index(t % STAGES), (t // STAGES) & 1)
+        s = warpgroup_mma(q_smem, a.k_smem.index(t % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
-        mbarrier.arrive(a.k_empty.index(0), count=1)
-        s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), a.lo, seen_by_all, window_all, a.hi, q_pos,
+        mbarrier.arrive(a.k_empty.index(t % STAGES), count=1)
+        s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo, seen_by_all, window_all, u.hi, q_pos,
                   a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
         m_i, l_i, alpha, p = _softmax(s, m_i, l_i, a.qk_scale)
         p = _p_operand(p, dtype, p_layout, a.FP8)
         for j in range(1, n_tiles):
-            ks = j % STAGES
-            vs = (j - 1) % STAGES
-            mbarrier.wait(a.k_ready.index(ks), (j // STAGES) & 1)
-            mbarrier.wait(a.v_ready.index(vs), ((j - 1) // STAGES) & 1)
+            ks = (t + j) % STAGES
+            vs = (t + j - 1) % STAGES
+            mbarrier.wait(a.k_ready.index(ks), ((t + j) // STAGES) & 1)
+            mbarrier.wait(a.v_ready.index(vs), ((t + j - 1) // STAGES) & 1)
             s = warpgroup_mma(q_smem, a.k_smem.index(ks).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p, _v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
             mbarrier.arrive(a.k_empty.index(ks), count=1)
-            s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), a.lo + j * BLOCK_N, seen_by_all, window_all,
-                      a.hi, q_pos, a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
+            s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo + j * BLOCK_N, seen_by_all, window_all,
+                      u.hi, q_pos, a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
             m_i, l_i, alpha, p_new = _softmax(s, m_i, l_i, a.qk_scale)
             acc, p = _pv_wait(acc, p, a.FP8)
             mbarrier.arrive(a.v_empty.index(vs), count=1)
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
             p = _p_operand(p_new, dtype, p_layout, a.FP8)
         last = n_tiles - 1
-        mbarrier.wait(a.v_ready.index(last % STAGES), (last // STAGES) & 1)
+        vs = (t + last) % STAGES
+        mbarrier.wait(a.v_ready.index(vs), ((t + last) // STAGES) & 1)
         if not a.FP8:  # rows past kv_len hold whatever the tensor has there: no 0 * NaN in P V
-            _zero_tail(a.v_smem.index(last % STAGES), a.kv_len - (a.lo + last * BLOCK_N), BLOCK_N, HEAD_DIM)
-        acc = warpgroup_mma(p, _v_operand(a.v_smem.index(last % STAGES), a.FP8), acc, is_async=True)
+            _zero_tail(a.v_smem.index(vs), u.kv_len - (u.lo + last * BLOCK_N), BLOCK_N, HEAD_DIM)
+        acc = warpgroup_mma(p, _v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
         acc, p = _pv_wait(acc, p, a.FP8)
-        mbarrier.arrive(a.v_empty.index(last % STAGES), count=1)
+        mbarrier.arrive(a.v_empty.index(vs), count=1)
 
     if a.HAS_SINKS:  # a sink logit per qo head joins the denominator (a split's partials get it when merged)
-        sink = gl.load(sinks_ptr + a.pid_h * a.group_size + offs_m % a.group_size,
-                       mask=(offs_m < a.num_rows) & (a.slot < 0), other=float("-inf")).to(gl.float32)
+        sink = gl.load(sinks_ptr + u.pid_h * a.group_size + offs_m % a.group_size,
+                       mask=(offs_m < u.num_rows) & (u.slot < 0), other=float("-inf")).to(gl.float32)
         m_i, l_i, alpha, _ = _softmax(sink[:, None], m_i, l_i, LOG2E)  # natural log -> log2
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
 
@@ -362,16 +478,16 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     l_safe = gl.where(empty, 1.0, l_i)
     lse = gl.where(empty, float("-inf"), m_i + gl.log2(l_safe))
     out = acc * gl.convert_layout(a.v_scale / l_safe, row_o)[:, None]
-    offs_mo = a.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
+    offs_mo = u.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
-    mask_m = offs_mo < a.num_rows
+    mask_m = offs_mo < u.num_rows
     mask_o = mask_m[:, None] & (offs_d[None, :] < HEAD_DIM)
-    head = a.pid_h * a.group_size + offs_mo % a.group_size
-    tok_g = (a.q_start + offs_mo // a.group_size).to(gl.int64)
+    head = u.pid_h * a.group_size + offs_mo % a.group_size
+    tok_g = (u.q_start + offs_mo // a.group_size).to(gl.int64)
     lse = gl.convert_layout(lse, gl.SliceLayout(1, io_layout))
     if a.HAS_PARTIALS:
-        if a.slot >= 0:  # a split request: token t's chunks sit at part_indptr[t] + slot
-            p_row = gl.load(part_indptr_ptr + a.q_start + offs_mo // a.group_size, mask=mask_m, other=0) + a.slot
+        if u.slot >= 0:  # a split request: token t's chunks sit at part_indptr[t] + slot
+            p_row = gl.load(part_indptr_ptr + u.q_start + offs_mo // a.group_size, mask=mask_m, other=0) + u.slot
             _store(part_o_ptr, part_lse_ptr, gl.convert_layout(out, io_layout), lse, p_row.to(gl.int64), head,
                    offs_d, mask_o, mask_m, a.stride_pn, a.stride_ph, a.stride_pln, a.stride_plh, True)
         else:
@@ -380,6 +496,7 @@ def _ws_consumer(a: _WsArgs, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     else:
         _store(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
                offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
+    return t + n_tiles
 
 
 @gluon.jit
@@ -455,46 +572,26 @@ def prefill_ws_kernel(
     stride_qn, stride_qh, k_page_rows, k_head_row, k_head_col, v_page_rows, v_head_row, v_head_col,
     stride_on, stride_oh, stride_ln, stride_lh,
     stride_w, stride_pn, stride_ph, stride_pln, stride_plh, stride_vth, stride_vtd,
-    group_size, qk_scale, v_scale, window_left, softcap_in,
+    num_heads, group_size, qk_scale, v_scale, window_left, softcap_in,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
     IS_CAUSAL: gl.constexpr, WRITE_LSE: gl.constexpr, HAS_PARTIALS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     PAGE_SIZE: gl.constexpr, COPY_PAGE: gl.constexpr, HAS_WINDOW: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
-    HAS_SINKS: gl.constexpr, HAS_MASK: gl.constexpr,
+    HAS_SINKS: gl.constexpr, HAS_MASK: gl.constexpr, PERSISTENT: gl.constexpr,
 ):
+    """Grid (work items, KV heads): a program per unit (_unit). PERSISTENT: a 1-D grid of fewer
+    programs, program p taking units p, p + programs, ... (work items longest first, heads
+    fastest), its producer copying the next unit's K/V while its consumers finish the last."""
     dtype: gl.constexpr = q_ptr.dtype.element_ty
     FP8: gl.constexpr = dtype.is_fp8()
+    gl.static_assert(not (PERSISTENT and FP8), "fp8 builds V^T's descriptor per program")
     WGS: gl.constexpr = BLOCK_M // 64
     q_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
     kv_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     vt_smem_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HEAD_DIM, BLOCK_N], dtype)
 
-    pid_h = gl.program_id(1)
-    w = gl.program_id(0)
-    req = gl.load(work_ptr + w)
-    if req < 0:
-        return
-    pid_m = gl.load(work_ptr + stride_w + w)
-    lo = gl.load(work_ptr + 2 * stride_w + w)
-    hi = gl.load(work_ptr + 3 * stride_w + w)
-    slot = gl.load(work_ptr + 4 * stride_w + w)
-    q_start = gl.load(qo_indptr_ptr + req)
-    qo_len = gl.load(qo_indptr_ptr + req + 1) - q_start
-    kv_len = gl.load(seq_lens_ptr + req)
-    kv_start = gl.load(kv_indptr_ptr + req)
-    if HAS_MASK:  # each request's mask starts on a byte of its own (segment_packbits)
-        mask_ptr = mask_ptr + gl.load(mask_indptr_ptr + req).to(gl.int64)
-    if COPY_PAGE >= 0:  # K/V copied by a pre-pass into its own rows
-        kv_start = _request_base(kv_start, req, COPY_PAGE)
-    num_rows = qo_len * group_size
-    first_row = pid_m * BLOCK_M
-    last_row = gl.minimum(first_row + BLOCK_M, num_rows) - 1
-    q_offset = kv_len - qo_len  # causal alignment: bottom-right
-    if IS_CAUSAL:
-        hi = gl.minimum(hi, last_row // group_size + q_offset + 1)
-    if HAS_WINDOW:  # keys before the first row's window: skipped from a multiple of 64 (of any page size) on
-        lo = gl.maximum(lo, gl.maximum(first_row // group_size + q_offset - window_left, 0) // 64 * 64)
-    n_tiles = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
-
+    if not PERSISTENT:
+        if gl.load(work_ptr + gl.program_id(0)) < 0:  # padding of a CUDA-graph plan
+            return
     q_smem = gl.allocate_shared_memory(dtype, [WGS, 64, HEAD_DIM], q_smem_layout)  # filled by the consumers
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
     if FP8:
@@ -512,33 +609,33 @@ def prefill_ws_kernel(
         mbarrier.init(v_empty.index(i), count=WGS)
     fence_async_shared()
 
-    h64 = pid_h.to(gl.int64)
-    # The view rows and columns of this head's K and V (_copy_tile); ragged, from the request's first row.
-    k_row0 = pid_h * k_head_row
-    v_row0 = pid_h * v_head_row
-    if PAGE_SIZE > 0:
-        pages = kv_indices_ptr + kv_start
+    if PERSISTENT:
+        u = gl.to_tensor(0)  # unused: each partition walks the program's units itself
     else:
-        k_row0 += kv_start
-        v_row0 += kv_start
-        pages = k_row0  # unused
-    kv_at = (k_row0, pid_h * k_head_col, k_page_rows, v_row0, pid_h * v_head_col, v_page_rows, pages)
-    if FP8:  # V^T of the request, its columns in P's order (kernels/kv_prepass.py); zeros past kv_len
-        v_desc = tma.make_tensor_descriptor(vt_ptr + h64 * stride_vth + _request_base(kv_start, req, PAGE_SIZE),
-                                            [HEAD_DIM, (kv_len + 15) // 16 * 16], [stride_vtd, 1], [HEAD_DIM, BLOCK_N],
-                                            vt_smem_layout)
-    ptrs = (q_ptr, gl.to_tensor(stride_qn), gl.to_tensor(stride_qh), o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
-            part_indptr_ptr, sinks_ptr, mask_ptr)
-    a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, gl.to_tensor(stride_on),
+        u = _unit_at(work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, stride_w, num_heads, group_size, window_left,
+                     gl.program_id(0) * num_heads + gl.program_id(1), BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW,
+                     COPY_PAGE)
+        if FP8:  # V^T of the request, its columns in P's order (kernels/kv_prepass.py); zeros past kv_len
+            v_desc = tma.make_tensor_descriptor(
+                vt_ptr + u.pid_h.to(gl.int64) * stride_vth + _request_base(u.kv_start, u.req, PAGE_SIZE),
+                [HEAD_DIM, (u.kv_len + 15) // 16 * 16], [stride_vtd, 1], [HEAD_DIM, BLOCK_N], vt_smem_layout)
+    a = _WsArgs(q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, k_desc, v_desc, work_ptr, qo_indptr_ptr,
+                seq_lens_ptr, kv_indptr_ptr, gl.to_tensor(stride_w), gl.to_tensor(num_heads), gl.to_tensor(stride_on),
                 gl.to_tensor(stride_oh), gl.to_tensor(stride_ln), gl.to_tensor(stride_lh), gl.to_tensor(stride_pn),
-                gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh), pid_h,
-                gl.to_tensor(group_size), q_start, num_rows, first_row, q_offset, kv_len, lo, hi, n_tiles, slot,
-                gl.to_tensor(qk_scale), gl.to_tensor(v_scale), gl.to_tensor(window_left), gl.to_tensor(softcap_in),
-                HEAD_DIM, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8, HAS_WINDOW, HAS_MASK,
-                HAS_SOFTCAP, HAS_SINKS)
+                gl.to_tensor(stride_ph), gl.to_tensor(stride_pln), gl.to_tensor(stride_plh),
+                gl.to_tensor(group_size), gl.to_tensor(qk_scale), gl.to_tensor(v_scale), gl.to_tensor(window_left),
+                gl.to_tensor(softcap_in), HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, IS_CAUSAL, WRITE_LSE, HAS_PARTIALS, FP8,
+                HAS_WINDOW, HAS_MASK, HAS_SOFTCAP, HAS_SINKS, COPY_PAGE)
+    # The descriptors' view rows per page and rows and columns per head (_produce_unit), and the page table.
+    view = (gl.to_tensor(k_page_rows), gl.to_tensor(k_head_row), gl.to_tensor(k_head_col), gl.to_tensor(v_page_rows),
+            gl.to_tensor(v_head_row), gl.to_tensor(v_head_col),
+            kv_indices_ptr if PAGE_SIZE > 0 else gl.to_tensor(k_head_row))
+    ptrs = (q_ptr, gl.to_tensor(stride_qn), gl.to_tensor(stride_qh), o_ptr, lse_ptr, part_o_ptr, part_lse_ptr,
+            part_indptr_ptr, sinks_ptr, mask_ptr, mask_indptr_ptr)
     if WGS == 2:
-        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_consumer, (a, ptrs, 1, PAGE_SIZE)),
-                            (_ws_producer, (a, kv_at, PAGE_SIZE))], [4, 1], [CONSUMER_REGS, 24])
+        gl.warp_specialize([(_ws_consumer, (a, u, ptrs, 0, PAGE_SIZE, PERSISTENT)),
+                            (_ws_consumer, (a, u, ptrs, 1, PAGE_SIZE, PERSISTENT)),
+                            (_ws_producer, (a, u, view, PAGE_SIZE, PERSISTENT))], [4, 1], [CONSUMER_REGS, 24])
     else:
-        gl.warp_specialize([(_ws_consumer, (a, ptrs, 0, PAGE_SIZE)), (_ws_producer, (a, kv_at, PAGE_SIZE))],
-                           [1], [24])
+        gl.warp_specialize([(_ws_consumer, (a, u, ptrs, 0, PAGE_SIZE, PERSISTENT)),
+                            (_ws_producer, (a, u, view, PAGE_SIZE, PERSISTENT))], [1], [24])
