@@ -6,6 +6,7 @@
     python benchmarks/bench_prefill.py --variants  # window, soft cap, sinks (llama3-8b L16384, gemma2 d256)
     python benchmarks/bench_prefill.py --pages     # the paged wrapper by page size (1, 16, 128)
     python benchmarks/bench_prefill.py --masks     # custom masks: causal as a mask, tree verification
+    python benchmarks/bench_prefill.py --short     # batched prefill on the Gluon kernel's short and long tiles
 
 Each workload (causal, bf16, d128) runs through single_prefill_with_kv_cache (bs4 = four calls),
 the ragged batch wrapper (on sm_90 the Gluon kernel; again with backend="fa2", the portable
@@ -414,6 +415,67 @@ def bench_masks(ws):
             rows.append(row)
     print(table(rows, ["workload", "impl", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "rel err", "first call s"]))
 
+# Batched prefill around launch.SHORT_KEYS (--short): (name, requests, length, causal), 32 query
+# heads over 8 KV heads but where named, d128, bf16; and one mixed batch.
+SHORT = [("bs4 L512 (32/32)", 4, 512, True, 32), ("bs16 L256", 16, 256, True, 8), ("bs8 L1024", 8, 1024, True, 8),
+         ("bs4 L1536", 4, 1536, True, 8), ("bs4 L2048", 4, 2048, True, 8), ("bs2 L3072", 2, 3072, True, 8),
+         ("bs8 L512 non-causal", 8, 512, False, 8), ("bs2 L1024 non-causal", 2, 1024, False, 8),
+         ("bs1 L4096", 1, 4096, True, 8)]
+
+
+def bench_short(ws):
+    """The Gluon kernel's two tiles on batched prefill (ragged wrapper, and paged with page 16):
+    the plan's own choice (auto), the short tile forced (launch.SHORT_TILE: 64 x 64, two programs
+    an SM, persistent past them) and the 128 x 128 tile forced, beside cuDNN; per graph call,
+    each checked against the fp32 reference first (its last request's last 256 rows)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from pyflashinfer.attention import launch
+    dt, hq, d = torch.bfloat16, 32, 128
+    keys_default = launch.SHORT_KEYS
+    rows = []
+    for name, batch, seq, causal, hk in SHORT:
+        q = torch.randn(batch * seq, hq, d, device="cuda", dtype=dt)
+        k = torch.randn(batch * seq, hk, d, device="cuda", dtype=dt)
+        v = torch.randn_like(k)
+        indptr = torch.arange(0, (batch + 1) * seq, seq, dtype=torch.int32, device="cuda")
+        cache, p_indptr, p_indices, p_last = _paged(list(k.split(seq)), list(v.split(seq)), 16)
+        flops = batch * (_causal_flops(seq, seq, hq, d) if causal else 4.0 * seq * seq * hq * d)
+        ref, _ = attention_ref(q[-256:], k[-seq:], v[-seq:], causal=causal)
+        lens = torch.full((batch,), seq)
+        keys = launch.mean_keys(lens, lens, causal)
+        for impl in ("ragged", "paged p16"):
+            for tile, short_keys in (("auto", keys_default), ("short", float("inf")), ("128 x 128", -1.0)):
+                launch.SHORT_KEYS = short_keys
+                if impl == "ragged":
+                    wr = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
+                    wr.plan(indptr, indptr, hq, hk, d, causal=causal, q_data_type=dt)
+                    fn = lambda: wr.run(q, k, v)  # noqa: E731
+                else:
+                    wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
+                    wr.plan(indptr, p_indptr, p_indices, p_last, hq, hk, d, 16, causal=causal, q_data_type=dt)
+                    fn = lambda: wr.run(q, cache)  # noqa: E731
+                launch.SHORT_KEYS = keys_default
+                err = rel_err(fn()[-256:], ref)
+                if not err < TOL:
+                    raise SystemExit(f"{name} {impl} {tile}: relative error {err:.3g}; refusing to time a wrong kernel")
+                plan = wr.plan_value
+                row = {"workload": name, "mean keys": keys, "impl": impl, "tile": tile,
+                       "plan": f"{plan.block_m} x {plan.block_n}" + (" short" if plan.maxnreg else ""),
+                       "rel err": err, **_graph_clock(fn, flops)}
+                print(row, flush=True)
+                rows.append(row)
+        qt, kt, vt = (x.view(batch, seq, -1, d).transpose(1, 2) for x in (q, k, v))
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            fn = lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=True)  # noqa: E731
+            err = rel_err(fn()[-1].transpose(0, 1)[-256:], ref)
+            row = {"workload": name, "mean keys": keys, "impl": "sdpa cudnn", "rel err": err, **_graph_clock(fn, flops)}
+        print(row, flush=True)
+        rows.append(row)
+        cache = None
+    print(table(rows, ["workload", "mean keys", "impl", "tile", "plan", "graph us", "graph TFLOP/s", "rel err"]))
+    return rows
+
 
 def sweep():
     """TFLOP/s of the batch wrappers (ragged with and without tensor descriptors, paged 16) under
@@ -488,6 +550,7 @@ def main():
     ap.add_argument("--variants", action="store_true", help="only: window, soft cap and sinks at L16384")
     ap.add_argument("--pages", action="store_true", help="only: the paged wrapper by page size (1, 16, 128)")
     ap.add_argument("--masks", action="store_true", help="only: custom masks (causal as a mask, tree verification)")
+    ap.add_argument("--short", action="store_true", help="only: the Gluon kernel's short and long tiles, batched")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds the GPU idles before each graph timing of the full run (default 0)")
     args = ap.parse_args()
@@ -497,6 +560,13 @@ def main():
         return bench_masks(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"))
     if args.sweep:
         return sweep()
+    if args.short:
+        print(run_info(), flush=True)
+        rows = bench_short(torch.empty(256 << 20, dtype=torch.uint8, device="cuda"))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({**run_info(), "rows": rows}, f, indent=1)
+        return None
     if args.variants:
         print(run_info(), flush=True)
         return bench_variants(torch.empty(128 << 20, dtype=torch.uint8, device="cuda"))
