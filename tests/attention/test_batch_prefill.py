@@ -82,6 +82,24 @@ def test_mean_keys():
     assert 2000 < mixed < 2048
 
 
+def test_short_tile_choice(monkeypatch):
+    """Where a plan on sm_90 takes the Gluon kernel's short tile (launch.SHORT_TILE): 16-bit q at
+    head dim 128, rows that see SHORT_KEYS keys or fewer on average and fill a 64-row tile; never
+    with backend="fa2", fp8 q, other head dims or RoPE. (The device is faked: this checks the
+    choice alone.)"""
+    from pyflashinfer.attention import launch
+    monkeypatch.setattr(launch, "is_interpreting", lambda: False)
+    monkeypatch.setattr(launch, "_is_sm90", lambda device: True)
+    dev = torch.device("cuda", 0)
+
+    def tile(keys, q=BF16, kv=BF16, d=128, rows=4096, backend="auto", page=0, rope=False):
+        return launch.batch_prefill_tile(dev, backend, q, kv, d, d, page, rows, False, rope, rope, keys)
+    assert tile(256.0) == launch.SHORT_TILE and tile(launch.SHORT_KEYS, F16, E4M3, page=16) == launch.SHORT_TILE
+    assert tile(2048.0).block_m == 128 and tile(2048.0).maxnreg is None
+    for kw in (dict(backend="fa2"), dict(q=E4M3, kv=E4M3), dict(d=64), dict(d=256), dict(rows=32), dict(rope=True)):
+        assert tile(256.0, **kw).maxnreg is None, kw
+
+
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, dtype, kwargs)
 RAGGED = [
     ("causal-mixed", [5, 0, 40, 1], [5, 3, 100, 77], 8, 2, 64, F16, dict(causal=True)),
