@@ -200,10 +200,11 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
             descs.update(v_desc=None, v_page_rows=0, v_head_row=0, v_head_col=0)
         cap = var.soft_cap  # logits cap tanh(q.k sm_scale / cap): the kernel's exp2 scale is then cap log2(e)
         launch_args = {n: a for n, a in common.items() if n not in _PTR_KV_ARGS}
-        # Short units outnumbering the programs that fit at once run on that many persistent programs.
-        persistent = short and vt is None and plan.num_work * plan.num_kv_heads > 2 * num_sms(q.device)
+        # Short units outnumbering the programs that fit at once (two an SM) run on that many persistent programs.
+        resident = 2 * num_sms(q.device)
+        persistent = short and vt is None and plan.num_work * plan.num_kv_heads > resident
         if persistent:
-            grid = (2 * num_sms(q.device), 1, 1)
+            grid = (resident, 1, 1)
         attn = launch(prefill_ws_kernel, grid, num_warps=4, maxnreg=plan.maxnreg,
                       vt_ptr=vt, sinks_ptr=sinks, stride_vth=vt.stride(0) if vt is not None else 0,
                       stride_vtd=vt.stride(1) if vt is not None else 0, qk_scale=(cap or sm_scale) * LOG2E.value,

@@ -255,6 +255,8 @@ class _Unit:
 
 @gluon.jit
 def _unit(a: _WsArgs, i):
+    """_unit_at from what a program shares (the kernel's prologue, which builds that from the
+    unit, calls _unit_at itself)."""
     return _unit_at(a.work_ptr, a.qo_indptr_ptr, a.seq_lens_ptr, a.kv_indptr_ptr, a.stride_w, a.num_heads,
                     a.group_size, a.window_left, i, a.BLOCK_M, a.BLOCK_N, a.IS_CAUSAL, a.HAS_WINDOW, a.COPY_PAGE)
 
