@@ -6,6 +6,7 @@ variant for sm_90 with `triton.compile`, which catches what the interpreter lets
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -77,6 +78,8 @@ def _scratch(size: int, alignment: int, stream):
 
 
 _compiled: dict = {}
+# The launch stream of a device (a function, so that a test can stand in for it).
+_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 def _fast_key(kernel, device: int, kwargs: dict, options: dict):
@@ -95,25 +98,84 @@ def _fast_key(kernel, device: int, kwargs: dict, options: dict):
     return key, bound_args
 
 
+def _direct(compiled):
+    """The C launcher under Triton's Python one (`CudaLauncher`), with how to expand tensor
+    descriptor arguments for it, where the kernel needs no scratch: (launcher, prefix of its
+    arguments, {argument index: expand}), or None where this Triton's launcher is laid out
+    otherwise. Triton's wrapper expands every descriptor on every call, in a Python loop over
+    all the arguments (about 10 us a launch for the Gluon prefill kernel); a Replay expands a
+    descriptor when it changes and hands the C launcher a ready list."""
+    run = getattr(compiled, "run", None)
+    launcher = getattr(run, "launch", None)
+    if launcher is None or getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1):
+        return None
+    expand = {}
+    code = getattr(launcher, "__code__", None)
+    if code is not None:  # wrap_handle_tensordesc's `inner`: unwrap it
+        cells = dict(zip(code.co_freevars, launcher.__closure__ or ()))
+        make = launcher.__globals__.get("make_tensordesc_arg")
+        if not {"launcher", "tensordesc_indices", "tensordesc_meta"} <= cells.keys() or make is None:
+            return None
+        indices, meta = cells["tensordesc_indices"].cell_contents, cells["tensordesc_meta"].cell_contents
+        expand = {i: functools.partial(make, metadata=m) for i, m in zip(sorted(indices), meta)}
+        launcher = cells["launcher"].cell_contents
+    try:
+        prefix = (compiled.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                  compiled.packed_metadata, None, None, None)
+    except AttributeError:
+        return None
+    return launcher, prefix, expand
+
+
 class Replay:
     """A launch made once through `launch`, kept to be made again with other tensors of the
     same dtypes and 16-byte alignment in the named pointer arguments; every other argument
-    stays as it was. Calling it skips argument binding: one C call to the compiled launcher."""
+    stays as it was. Calling it skips argument binding: one C call to the compiled launcher
+    (`_direct`), or through Triton's Python launcher where that cannot be unwrapped.
 
-    __slots__ = ("compiled", "args", "index", "grid", "device")
+    A tensor-descriptor argument passed again as the same object keeps its expansion."""
+
+    __slots__ = ("compiled", "args", "index", "grid", "device", "direct", "prefix", "expand", "last")
 
     def __init__(self, compiled, args: list, names: list, grid, device: int):
-        self.compiled, self.args, self.device = compiled, args, device
-        self.index = {n: i for i, n in enumerate(names)}
+        self.compiled, self.device = compiled, device
         self.grid = (tuple(grid) + (1, 1))[:3]
+        direct = _direct(compiled)
+        self.direct, self.prefix, self.expand, self.last = None, (), {}, {}
+        if direct is None:
+            self.args, self.index = args, {n: i for i, n in enumerate(names)}
+            return
+        self.direct, self.prefix, expand = direct
+        # The C launcher's flat arguments; a descriptor fills a slice of them: index -> (start, stop).
+        self.args, self.index = [], {}
+        for i, (name, a) in enumerate(zip(names, args)):
+            start = len(self.args)
+            if i in expand:
+                self.args.extend(expand[i](a))
+                self.index[name] = (start, len(self.args))
+                self.expand[name] = expand[i]
+                self.last[name] = a
+            else:
+                self.args.append(a)
+                self.index[name] = start
 
     def __call__(self, **tensors) -> None:
-        args = self.args
+        args, index = self.args, self.index
+        if self.direct is None:
+            for name, t in tensors.items():
+                args[index[name]] = t
+            c = self.compiled
+            c.run(*self.grid, _stream(self.device), c.function, c.packed_metadata,
+                  None, None, None, *args)
+            return
         for name, t in tensors.items():
-            args[self.index[name]] = t
-        c = self.compiled
-        c.run(*self.grid, torch._C._cuda_getCurrentRawStream(self.device), c.function, c.packed_metadata,
-              None, None, None, *args)
+            at = index[name]
+            if type(at) is int:
+                args[at] = t
+            elif self.last[name] is not t:
+                args[at[0]:at[1]] = self.expand[name](t)
+                self.last[name] = t
+        self.direct(*self.grid, _stream(self.device), *self.prefix, *args)
 
 
 def _check_names(kernel, kwargs: dict) -> None:
@@ -155,11 +217,10 @@ def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, maxnreg: Op
         if key is None or not hasattr(compiled, "packed_metadata"):
             return None
         _compiled[key] = compiled
-    else:
-        g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
-        compiled.run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
-                     compiled.packed_metadata, None, None, None, *bound_args.values())
-    return Replay(compiled, list(bound_args.values()), list(bound_args.keys()), grid, device)
+        return Replay(compiled, list(bound_args.values()), list(bound_args.keys()), grid, device)
+    replay = Replay(compiled, list(bound_args.values()), list(bound_args.keys()), grid, device)
+    replay()
+    return replay
 
 
 def replay_key(*args) -> Optional[tuple]:
