@@ -40,8 +40,9 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   (_p_operand: no shuffles). v_scale is folded into 1 / l.
 
 Short work (launch.SHORT_TILE: 64 x 64 tiles, registers capped so that two programs share an
-SM) runs on persistent programs where its units outnumber them (PERSISTENT): program p takes
-units p, p + programs, ... of the work list (longest first, heads fastest), its producer copying
+SM) runs on persistent programs where its units outnumber them (PERSISTENT): program p takes one
+unit a round of the work list (longest first, heads fastest), dealt back and forth (_dealt: p,
+then 2 programs - 1 - p, ...), its producer copying
 the next unit's K/V while its consumers finish the last, each consumer reading the next unit's
 work entry while it computes this one.
 
@@ -296,14 +297,26 @@ def _unit_at(work_ptr, qo_indptr_ptr, seq_lens_ptr, kv_indptr_ptr, stride_w, num
 
 
 @gluon.jit
+def _dealt(i, units, programs):
+    """The unit that a persistent program's i-th slot of the launch (p, p + programs, ...) takes:
+    the units (longest first) are dealt out back and forth, the program that took the longest
+    of one round taking the shortest of the next, so that its load evens out (the last round,
+    if short of a full one, goes forward: every slot below `units` must name a unit)."""
+    k = i // programs
+    back = (k % 2 == 1) & ((k + 1) * programs <= units)
+    return gl.where(back, (2 * k + 1) * programs - 1 - i, i)
+
+
+@gluon.jit
 def _ws_producer(a: _WsArgs, u, view, PAGE_SIZE: gl.constexpr, PERSISTENT: gl.constexpr):
     """One warp: copy K and V tiles into their rings, each slot once every consumer freed it: unit
     u's, or (PERSISTENT) those of the program's units in turn, each unit's first copies issued
     as soon as the last unit's tiles free their slots."""
     if PERSISTENT:
         t = 0
-        for i in range(gl.program_id(0), a.stride_w * a.num_heads, gl.num_programs(0)):
-            t = _produce_unit(a, _unit(a, i), view, t, PAGE_SIZE)
+        units = a.stride_w * a.num_heads
+        for i in range(gl.program_id(0), units, gl.num_programs(0)):
+            t = _produce_unit(a, _unit(a, _dealt(i, units, gl.num_programs(0))), view, t, PAGE_SIZE)
     else:
         _produce_unit(a, u, view, 0, PAGE_SIZE)
 
@@ -375,7 +388,7 @@ def _ws_consumer(a: _WsArgs, u, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr,
         step = gl.num_programs(0)
         u = _unit(a, gl.program_id(0))
         for i in range(gl.program_id(0), units, step):
-            u_next = _unit(a, gl.minimum(i + step, units - 1))  # its loads in flight during this unit
+            u_next = _unit(a, _dealt(gl.minimum(i + step, units - 1), units, step))  # loads in flight during this unit
             t = _consume_unit(a, u, ptrs, t, WG, PAGE_SIZE)
             u = u_next
     else:
