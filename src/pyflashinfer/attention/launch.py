@@ -165,9 +165,10 @@ def hopper_covers_fields(device: torch.device, backend: str, q_dtype: torch.dtyp
 # 128 x 128 tile, per CUDA-graph call (H200, 2026-12-07, benchmarks/RESULTS.md): bs4 L512 202.5
 # -> 246.5 TFLOP/s, bs16 L256 133.1 -> 176.4, bs8 L1024 363.7 -> 381.7; llama3-8b L4096 595.2 ->
 # 488.8 (the long tile keeps that). SHORT_KEYS bounds the keys a query row sees on average,
-# each request weighted by its work (mean_keys).
+# each request weighted by its work (mean_keys): on the H100 (bench_prefill.py --short, 2026-12-07)
+# the short tile leads by 1-8% where rows see 512 keys, trails by 6% at 768 and by 4-12% at 1,024.
 SHORT_TILE = TileConfig(64, 64, 4, 2, maxnreg=128)
-SHORT_KEYS = 1024
+SHORT_KEYS = 640
 
 
 def mean_keys(qo_lens: torch.Tensor, spans: torch.Tensor, causal: bool) -> float:
