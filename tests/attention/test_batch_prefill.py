@@ -535,6 +535,40 @@ def test_hopper_paged_prefill_kernel(case, device, monkeypatch, hopper_tile):
         _check(out, lse, qs, ks, vs, BF16, causal=causal)
 
 
+@pytest.mark.skipif(not sm90(), reason="the Gluon prefill kernel runs on sm_90 only")
+@pytest.mark.parametrize("view", ["contiguous", "heads-132-apart", "misaligned"])
+def test_hopper_short_tile_q_views(view, device, monkeypatch):
+    """Persistent programs of the short tile copy Q rows in 16-byte pieces: a q whose heads are
+    not a multiple of 8 elements apart (a view of wider rows) or whose data starts off 16 bytes
+    runs on a program a unit instead, with the same result."""
+    from pyflashinfer.attention import batch_launch, launch
+    monkeypatch.setattr(launch, "SHORT_KEYS", float("inf"))
+    monkeypatch.setattr(batch_launch, "num_sms", lambda device: 2)
+    persistent = []
+    real_launch = batch_launch.launch
+
+    def spy(kernel, grid, **kw):
+        if "PERSISTENT" in kw:
+            persistent.append(kw["PERSISTENT"])
+        return real_launch(kernel, grid, **kw)
+    monkeypatch.setattr(batch_launch, "launch", spy)
+    lens, h_qo, h_kv, d = [300, 77, 1], 8, 2, 128
+    n = sum(lens)
+    if view == "heads-132-apart":
+        q = torch.randn(n, h_qo, d + 4, device=device).to(BF16)[..., :d]
+    else:
+        offset = 1 if view == "misaligned" else 0
+        q = torch.randn(n * h_qo * d + offset, device=device).to(BF16)[offset:].view(n, h_qo, d)
+    ks = [torch.randn(m, h_kv, d, device=device).to(BF16) for m in lens]
+    vs = [torch.randn(m, h_kv, d, device=device).to(BF16) for m in lens]
+    indptr = _i32(_indptr(lens), device)
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(64 << 20, dtype=torch.uint8, device=device))
+    w.plan(indptr, indptr, h_qo, h_kv, d, causal=True, q_data_type=BF16)
+    out, lse = w.run(q, torch.cat(ks), torch.cat(vs), return_lse=True)
+    assert w.plan_value.maxnreg is not None and persistent == [view == "contiguous"]
+    _check(out, lse, list(q.split(lens)), ks, vs, BF16, causal=True)
+
+
 def _hopper_inputs(case, device):
     """A HOPPER_VARIANTS or HOPPER_MASKS case's KV (_kv_inputs), scales, q per request and sinks."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, _ = case

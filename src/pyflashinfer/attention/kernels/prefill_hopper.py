@@ -42,14 +42,15 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 Short work (launch.SHORT_TILE: 64 x 64 tiles, registers capped so that two programs share an
 SM) runs on persistent programs where its units outnumber them (PERSISTENT): program p takes one
 unit a round of the work list (longest first, heads fastest), dealt back and forth (_dealt: p,
-then 2 programs - 1 - p, ...), its producer copying
-the next unit's K/V while its consumers finish the last, each consumer reading the next unit's
-work entry while it computes this one.
+then 2 programs - 1 - p, ...), its producer copying the next unit's K/V while its consumers
+finish the last, each consumer copying the next unit's Q rows (cp.async, into a second Q
+buffer) and reading the work entry of the unit after it while it computes this one.
 
 Measured on the H100 and the H200 with benchmarks/bench_prefill.py; see benchmarks/RESULTS.md.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
@@ -382,25 +383,60 @@ def _ws_consumer(a: _WsArgs, u, ptrs, WG: gl.constexpr, PAGE_SIZE: gl.constexpr,
     program's units in turn. ptrs: q and its token and head strides, then the output pointers
     (o, lse, part_o, part_lse, part_indptr), sinks, the packed custom mask and its indptr, any
     of the last seven None when unused."""
+    WGS: gl.constexpr = a.BLOCK_M // 64
     if PERSISTENT:
         t = 0
         units = a.stride_w * a.num_heads
         step = gl.num_programs(0)
         u = _unit(a, gl.program_id(0))
+        u_next = _unit(a, _dealt(gl.minimum(gl.program_id(0) + step, units - 1), units, step))
+        _q_rows(a, u, ptrs, a.q_smem.index(WG), WG, True)
+        qb = 0
         for i in range(gl.program_id(0), units, step):
-            u_next = _unit(a, _dealt(gl.minimum(i + step, units - 1), units, step))  # loads in flight during this unit
-            t = _consume_unit(a, u, ptrs, t, WG, PAGE_SIZE)
+            async_copy.wait_group(0)  # this unit's Q rows (copied during the last unit)
+            fence_async_shared()
+            gl.thread_barrier()
+            _q_rows(a, u_next, ptrs, a.q_smem.index((1 - qb) * WGS + WG), WG, True)  # the next unit's, meanwhile
+            u_next2 = _unit(a, _dealt(gl.minimum(i + 2 * step, units - 1), units, step))  # its loads in flight
+            t = _consume_unit(a, u, ptrs, a.q_smem.index(qb * WGS + WG), t, WG, PAGE_SIZE)
             u = u_next
+            u_next = u_next2
+            qb = 1 - qb
     else:
-        _consume_unit(a, u, ptrs, 0, WG, PAGE_SIZE)
+        _q_rows(a, u, ptrs, a.q_smem.index(WG), WG, False)
+        fence_async_shared()
+        gl.thread_barrier()
+        _consume_unit(a, u, ptrs, a.q_smem.index(WG), 0, WG, PAGE_SIZE)
 
 
 @gluon.jit
-def _consume_unit(a: _WsArgs, u: _Unit, ptrs, t, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
-    """Rows [64 WG, 64 WG + 64) of unit u, whose K/V tiles are the program's t-th on, S of tile
-    j issued before P V of tile j - 1 (the softmax of j overlaps that product). Returns t past
-    the unit's tiles."""
-    q_ptr, stride_qn, stride_qh, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr, mask_ptr, \
+def _q_rows(a: _WsArgs, u: _Unit, ptrs, q_smem, WG: gl.constexpr, ASYNC: gl.constexpr):
+    """Unit u's Q rows of warpgroup WG into q_smem: through registers, or (ASYNC) by cp.async
+    (a persistent program's next unit's rows come in while it computes this one; the caller
+    waits for them)."""
+    q_ptr, stride_qn, stride_qh = ptrs[0], ptrs[1], ptrs[2]
+    io_layout: gl.constexpr = _io_layout(a.HEAD_DIM, 4)
+    offs_mq = u.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
+    offs_dq = gl.arange(0, a.HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
+    q_rows = (u.q_start + offs_mq // a.group_size).to(gl.int64) * stride_qn + \
+        (u.pid_h * a.group_size + offs_mq % a.group_size) * stride_qh
+    if ASYNC:  # 16-byte copies: the launch takes persistent programs only for strides of 8 elements
+        q_rows = gl.multiple_of(q_rows, 8)
+    ptr = q_ptr + q_rows[:, None] + offs_dq[None, :]
+    mask, ptr = gl.broadcast((offs_mq < u.num_rows)[:, None], ptr)
+    if ASYNC:
+        async_copy.async_copy_global_to_shared(q_smem, ptr, mask=mask)
+        async_copy.commit_group()
+    else:
+        q_smem.store(gl.load(ptr, mask=mask, other=0.0))
+
+
+@gluon.jit
+def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
+    """Rows [64 WG, 64 WG + 64) of unit u, whose Q rows are in q_smem and whose K/V tiles are the
+    program's t-th on, S of tile j issued before P V of tile j - 1 (the softmax of j overlaps
+    that product). Returns t past the unit's tiles."""
+    _, _, _, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr, mask_ptr, \
         mask_indptr_ptr = ptrs
     dtype: gl.constexpr = a.k_smem.dtype
     BLOCK_N: gl.constexpr = a.BLOCK_N
@@ -416,17 +452,7 @@ def _consume_unit(a: _WsArgs, u: _Unit, ptrs, t, WG: gl.constexpr, PAGE_SIZE: gl
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    # The warpgroup's Q rows through registers into shared memory, while the producer's first
-    # K/V copies are in flight.
     io_layout: gl.constexpr = _io_layout(HEAD_DIM, 4)
-    offs_mq = u.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
-    offs_dq = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
-    q_rows = (u.q_start + offs_mq // a.group_size).to(gl.int64) * stride_qn + \
-        (u.pid_h * a.group_size + offs_mq % a.group_size) * stride_qh
-    q_smem = a.q_smem.index(WG)
-    q_smem.store(gl.load(q_ptr + q_rows[:, None] + offs_dq[None, :], mask=(offs_mq < u.num_rows)[:, None], other=0.0))
-    fence_async_shared()
-    gl.thread_barrier()
     offs_m = u.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
     q_pos = offs_m // a.group_size + u.q_offset
     if a.HAS_MASK:  # the rows' mask coordinates for the per-logit bits, then for _mask_rows' bytes
@@ -607,7 +633,8 @@ def prefill_ws_kernel(
     if not PERSISTENT:
         if gl.load(work_ptr + gl.program_id(0)) < 0:  # padding of a CUDA-graph plan
             return
-    q_smem = gl.allocate_shared_memory(dtype, [WGS, 64, HEAD_DIM], q_smem_layout)  # filled by the consumers
+    Q_BUFS: gl.constexpr = 2 if PERSISTENT else 1  # persistent: the next unit's rows come in meanwhile
+    q_smem = gl.allocate_shared_memory(dtype, [Q_BUFS * WGS, 64, HEAD_DIM], q_smem_layout)  # filled by the consumers
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kv_smem_layout)
     if FP8:
         v_smem = gl.allocate_shared_memory(dtype, [STAGES, HEAD_DIM, BLOCK_N], vt_smem_layout)
