@@ -9,7 +9,7 @@ being the ragged KV's length or pages x page size.
 - transpose_v_kernel, for fp8 q/k/v: fp8 wgmma reads both operands K-major, so P V needs V
   with the KV axis contiguous: vt [H_kv, head_dim, T], request b's token t of head h at
   vt[h, :, base(b) + 16 (t // 16) + perm16(t mod 16)], where perm16(8 g + 2 i + j) = 4 i + 2 g + j
-  is the column order in which the kernel holds P (its _p_operand). Columns [kv_len,
+  is the column order in which the kernel holds P (prefill_hopper_tile.p_operand). Columns [kv_len,
   round16(kv_len)) of a request hold zeros.
 - copy_kv_kernel, for 16-bit q over an fp8 KV, or over a 16-bit paged KV whose pages the kernel
   does not copy itself (launch.kv_copied): K and V in q's dtype, kc/vc [T, H_kv, head_dim], token

@@ -13,7 +13,7 @@ not (launch.hopper_prefill says when); everything else goes to the portable kern
 K and V come as host-side tensor descriptors (launch.kv_desc_view), each a 2D view of every
 KV head's rows (a head is a row offset, or a column offset for heads side by side in a token's
 row), ragged or the whole paged cache: a tile past the request's kv_len reads other rows (or
-zeros past the tensor), which the mask drops from S and _zero_tail zeroes in V before P V.
+zeros past the tensor), which the mask drops from S and zero_tail zeroes in V before P V.
 Building descriptors on the device cost each program about 1.5 us before its first copy
 (benchmarks/RESULTS.md).
 
@@ -37,7 +37,7 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
 - fp8: both products on fp8 tensor cores, P rounded to e4m3 (as FA3's fp8 path does). fp8
   wgmma reads both operands K-major, so P V reads V^T, which the launch writes first
   (kernels/kv_prepass.py) with its columns in the order in which each thread already holds P
-  (_p_operand: no shuffles). v_scale is folded into 1 / l.
+  (p_operand: no shuffles). v_scale is folded into 1 / l.
 
 Short work (launch.SHORT_TILE: 64 x 64 tiles, registers capped so that two programs share an
 SM) runs on persistent programs where its units outnumber them (PERSISTENT): program p takes one
@@ -57,109 +57,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.language.core import _aggregate as aggregate
 
 from .common import LOG2E
-
-
-@gluon.constexpr_function
-def _io_layout(head_dim, num_warps):
-    """Global loads and stores of [rows, head_dim] tiles: 16 bytes per thread along the head dim."""
-    return gl.BlockedLayout([1, 8], [32 // (head_dim // 8), head_dim // 8], [num_warps, 1], [1, 0])
-
-
-@gluon.constexpr_function
-def _bits_layout():
-    """A warpgroup's [64 rows, 32 bytes] of packed mask bits: each warp holds 16 rows, as the
-    wgmma accumulator does (so per-row results move to it within the warp)."""
-    return gl.BlockedLayout([4, 4], [4, 8], [4, 1], [1, 0])
-
-
-@gluon.jit
-def _mask_row_starts(mask_ptr, a, u, WG: gl.constexpr, layout: gl.constexpr):
-    """Per row of warpgroup WG of unit u, in `layout`: the byte of the request's packed mask that
-    holds its key 0 (token t's bits start at bit t kv_len), that key's bit in it, and whether the
-    row is the request's."""
-    offs_m = u.first_row + WG * 64 + gl.arange(0, 64, layout=layout)
-    first_bit = (offs_m // a.group_size).to(gl.int64) * u.kv_len
-    return mask_ptr + (first_bit >> 3), (first_bit & 7).to(gl.int32), offs_m < u.num_rows
-
-
-@gluon.jit
-def _mask_rows(custom, start_n, hi, BLOCK_N: gl.constexpr, row_layout: gl.constexpr):
-    """Per row of the warpgroup, whether its custom-mask bits of keys [start_n, min(start_n +
-    BLOCK_N, hi)) are all 1 (full) or all 0 (empty), from the bytes that hold them: one
-    coalesced [64, 32] byte load per tile in place of one byte per logit."""
-    _, _, _, rows_ptr, rows_bit, rows_ok = custom
-    bits_layout: gl.constexpr = _bits_layout()
-    pos = rows_bit + start_n
-    k8 = 8 * gl.arange(0, 32, layout=gl.SliceLayout(0, bits_layout))
-    lo = gl.minimum(gl.maximum((pos & 7)[:, None] - k8[None, :], 0), 8)  # the bits of byte k the range holds
-    hi_bit = gl.minimum(gl.maximum(gl.minimum(hi - start_n, BLOCK_N) + (pos & 7)[:, None] - k8[None, :], 0), 8)
-    need = ((1 << hi_bit) - 1) & ~((1 << lo) - 1)
-    byte = gl.load(rows_ptr[:, None] + ((pos >> 3)[:, None] + k8[None, :] // 8),
-                   mask=(need != 0) & rows_ok[:, None], other=0).to(gl.int32)
-    got = byte & need
-    full = gl.max((got != need).to(gl.int32), 1) == 0
-    empty = gl.max((got != 0).to(gl.int32), 1) == 0
-    return gl.convert_layout(full, row_layout), gl.convert_layout(empty, row_layout)
-
-
-@gluon.jit
-def _mask(s, start_n, seen_by_all, window_all, hi, q_pos, window_left, custom, IS_CAUSAL: gl.constexpr,
-          HAS_WINDOW: gl.constexpr, HAS_MASK: gl.constexpr, BLOCK_N: gl.constexpr, col_layout: gl.constexpr):
-    """Logits of one tile with keys past hi, (causal) after the row's position, (custom mask)
-    whose bit is 0 or (window) before its window set to -inf, on the tiles that have any: those
-    reaching past seen_by_all (every tile with a custom mask), or (window) starting before
-    window_all, the first key every row's window holds. custom: per row, the byte of the packed
-    mask that holds its key 0 and that key's bit in it, and whether the row is the request's
-    (in the accumulator's row layout, then in _bits_layout's); bits are loaded per logit only
-    on rows whose bits in the tile are neither all 1 nor all 0 (_mask_rows)."""
-    if start_n + BLOCK_N > seen_by_all:
-        offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
-        keep = offs_n[None, :] < hi
-        if IS_CAUSAL:
-            keep = keep & (offs_n[None, :] <= q_pos[:, None])
-        if HAS_MASK:
-            row_ptr, row_bit, row_ok, _, _, _ = custom
-            row_layout: gl.constexpr = gl.SliceLayout(1, col_layout.parent)
-            full, empty = _mask_rows(custom, start_n, hi, BLOCK_N, row_layout)
-            # rows past the request's are left unmasked where that saves work: their output is not stored
-            if gl.min((full | ~row_ok).to(gl.int32), 0) == 1:  # every row keeps the whole tile
-                s = gl.where(keep, s, float("-inf"))
-            elif gl.min((empty | ~row_ok).to(gl.int32), 0) == 1:  # no row keeps any key of it
-                s = gl.full_like(s, float("-inf"))
-            else:
-                kept = keep & (row_ok & ~empty)[:, None]
-                bit = row_bit[:, None] + offs_n[None, :]
-                byte = gl.load(row_ptr[:, None] + (bit >> 3), mask=kept & ~full[:, None], other=255).to(gl.int32)
-                s = gl.where(kept & (((byte >> (bit & 7)) & 1) != 0), s, float("-inf"))
-        else:
-            s = gl.where(keep, s, float("-inf"))
-    if HAS_WINDOW:
-        if start_n < window_all:
-            offs_n = start_n + gl.arange(0, BLOCK_N, layout=col_layout)
-            s = gl.where(offs_n[None, :] >= (q_pos - window_left)[:, None], s, float("-inf"))
-    return s
-
-
-@gluon.jit
-def _soft_cap(s, softcap_in, HAS_SOFTCAP: gl.constexpr):
-    """Raw q.k -> tanh(q.k sm_scale / cap) with the soft cap (the caller's qk_scale is then
-    cap log2(e)), one tanh.approx per logit as FA3 and FlashInfer do; as it is without."""
-    if HAS_SOFTCAP:
-        s = gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [s * softcap_in], dtype=gl.float32,
-                                      is_pure=True, pack=1)
-    return s
-
-
-@gluon.jit
-def _softmax(s, m_i, l_i, qk_scale):
-    """One online-softmax step over raw q.k: new max and sum (log2 units), the accumulator's
-    rescale factor, p = 2^(s qk_scale - m) (one FMA and one exp2 per logit). Rows that have seen
-    no key yet (all -inf) keep m = -inf and get p = 0."""
-    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-    m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = gl.exp2(m_i - m_safe)
-    p = gl.exp2(s * qk_scale - m_safe[:, None])
-    return m_new, l_i * alpha + gl.sum(p, 1), alpha, p
+from .prefill_hopper_tile import (
+    global_io_layout, mask_bits_layout, mask_row_starts, mask_tile, p_operand, pv_wait, soft_cap, softmax_step,
+    store_rows, v_operand, zero_tail,
+)
 
 
 @aggregate
@@ -415,7 +316,7 @@ def _q_rows(a: _WsArgs, u: _Unit, ptrs, q_smem, WG: gl.constexpr, ASYNC: gl.cons
     (a persistent program's next unit's rows come in while it computes this one; the caller
     waits for them)."""
     q_ptr, stride_qn, stride_qh = ptrs[0], ptrs[1], ptrs[2]
-    io_layout: gl.constexpr = _io_layout(a.HEAD_DIM, 4)
+    io_layout: gl.constexpr = global_io_layout(a.HEAD_DIM, 4)
     offs_mq = u.first_row + WG * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, io_layout))
     offs_dq = gl.arange(0, a.HEAD_DIM, layout=gl.SliceLayout(0, io_layout))
     q_rows = (u.q_start + offs_mq // a.group_size).to(gl.int64) * stride_qn + \
@@ -452,13 +353,13 @@ def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_
     col_s: gl.constexpr = gl.SliceLayout(0, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    io_layout: gl.constexpr = _io_layout(HEAD_DIM, 4)
+    io_layout: gl.constexpr = global_io_layout(HEAD_DIM, 4)
     offs_m = u.first_row + WG * 64 + gl.arange(0, 64, layout=row_s)
     q_pos = offs_m // a.group_size + u.q_offset
-    if a.HAS_MASK:  # the rows' mask coordinates for the per-logit bits, then for _mask_rows' bytes
+    if a.HAS_MASK:  # the rows' mask coordinates for the per-logit bits, then for mask_rows' bytes
         mask_ptr = mask_ptr + gl.load(mask_indptr_ptr + u.req).to(gl.int64)  # each request's mask on a byte of its own
-        custom = _mask_row_starts(mask_ptr, a, u, WG, row_s) + \
-            _mask_row_starts(mask_ptr, a, u, WG, gl.SliceLayout(1, _bits_layout()))
+        custom = mask_row_starts(mask_ptr, a, u, WG, row_s) + \
+            mask_row_starts(mask_ptr, a, u, WG, gl.SliceLayout(1, mask_bits_layout()))
     else:
         custom = None
     # Whole tiles below what the warpgroup's first row sees (and, with a window, from the first
@@ -479,39 +380,39 @@ def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_
         s = warpgroup_mma(q_smem, a.k_smem.index(t % STAGES).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s = warpgroup_mma_wait(0, deps=(s,))
         mbarrier.arrive(a.k_empty.index(t % STAGES), count=1)
-        s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo, seen_by_all, window_all, u.hi, q_pos,
+        s = mask_tile(soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo, seen_by_all, window_all, u.hi, q_pos,
                   a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
-        m_i, l_i, alpha, p = _softmax(s, m_i, l_i, a.qk_scale)
-        p = _p_operand(p, dtype, p_layout, a.FP8)
+        m_i, l_i, alpha, p = softmax_step(s, m_i, l_i, a.qk_scale)
+        p = p_operand(p, dtype, p_layout, a.FP8)
         for j in range(1, n_tiles):
             ks = (t + j) % STAGES
             vs = (t + j - 1) % STAGES
             mbarrier.wait(a.k_ready.index(ks), ((t + j) // STAGES) & 1)
             mbarrier.wait(a.v_ready.index(vs), ((t + j - 1) // STAGES) & 1)
             s = warpgroup_mma(q_smem, a.k_smem.index(ks).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            acc = warpgroup_mma(p, _v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
+            acc = warpgroup_mma(p, v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
             s = warpgroup_mma_wait(1, deps=(s,))
             mbarrier.arrive(a.k_empty.index(ks), count=1)
-            s = _mask(_soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo + j * BLOCK_N, seen_by_all, window_all,
+            s = mask_tile(soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo + j * BLOCK_N, seen_by_all, window_all,
                       u.hi, q_pos, a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
-            m_i, l_i, alpha, p_new = _softmax(s, m_i, l_i, a.qk_scale)
-            acc, p = _pv_wait(acc, p, a.FP8)
+            m_i, l_i, alpha, p_new = softmax_step(s, m_i, l_i, a.qk_scale)
+            acc, p = pv_wait(acc, p, a.FP8)
             mbarrier.arrive(a.v_empty.index(vs), count=1)
             acc = acc * gl.convert_layout(alpha, row_o)[:, None]
-            p = _p_operand(p_new, dtype, p_layout, a.FP8)
+            p = p_operand(p_new, dtype, p_layout, a.FP8)
         last = n_tiles - 1
         vs = (t + last) % STAGES
         mbarrier.wait(a.v_ready.index(vs), ((t + last) // STAGES) & 1)
         if not a.FP8:  # rows past kv_len hold whatever the tensor has there: no 0 * NaN in P V
-            _zero_tail(a.v_smem.index(vs), u.kv_len - (u.lo + last * BLOCK_N), BLOCK_N, HEAD_DIM)
-        acc = warpgroup_mma(p, _v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
-        acc, p = _pv_wait(acc, p, a.FP8)
+            zero_tail(a.v_smem.index(vs), u.kv_len - (u.lo + last * BLOCK_N), BLOCK_N, HEAD_DIM)
+        acc = warpgroup_mma(p, v_operand(a.v_smem.index(vs), a.FP8), acc, is_async=True)
+        acc, p = pv_wait(acc, p, a.FP8)
         mbarrier.arrive(a.v_empty.index(vs), count=1)
 
     if a.HAS_SINKS:  # a sink logit per qo head joins the denominator (a split's partials get it when merged)
         sink = gl.load(sinks_ptr + u.pid_h * a.group_size + offs_m % a.group_size,
                        mask=(offs_m < u.num_rows) & (u.slot < 0), other=float("-inf")).to(gl.float32)
-        m_i, l_i, alpha, _ = _softmax(sink[:, None], m_i, l_i, LOG2E)  # natural log -> log2
+        m_i, l_i, alpha, _ = softmax_step(sink[:, None], m_i, l_i, LOG2E)  # natural log -> log2
         acc = acc * gl.convert_layout(alpha, row_o)[:, None]
 
     # Finalize: out = acc v_scale / l (0 for rows that saw nothing), lse = m + log2 l (-inf for them).
@@ -529,13 +430,13 @@ def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_
     if a.HAS_PARTIALS:
         if u.slot >= 0:  # a split request: token t's chunks sit at part_indptr[t] + slot
             p_row = gl.load(part_indptr_ptr + u.q_start + offs_mo // a.group_size, mask=mask_m, other=0) + u.slot
-            _store(part_o_ptr, part_lse_ptr, gl.convert_layout(out, io_layout), lse, p_row.to(gl.int64), head,
+            store_rows(part_o_ptr, part_lse_ptr, gl.convert_layout(out, io_layout), lse, p_row.to(gl.int64), head,
                    offs_d, mask_o, mask_m, a.stride_pn, a.stride_ph, a.stride_pln, a.stride_plh, True)
         else:
-            _store(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
+            store_rows(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
                    offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
     else:
-        _store(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
+        store_rows(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
                offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
     return t + n_tiles
 
@@ -545,64 +446,6 @@ def _request_base(kv_start, req, PAGE_SIZE: gl.constexpr):
     """First entry of a request in the pre-pass buffers (kernels/kv_prepass.py request_base)."""
     TOKENS_PER_ENTRY: gl.constexpr = PAGE_SIZE if PAGE_SIZE > 0 else 1
     return (kv_start * TOKENS_PER_ENTRY + 15) // 16 * 16 + 32 * req
-
-
-@gluon.jit
-def _p_operand(p, dtype: gl.constexpr, p_layout: gl.constexpr, FP8: gl.constexpr):
-    """P [64, BLOCK_N] (S's accumulator layout) as P V's register operand. For fp8 the columns
-    are reordered so that each thread's values are already where the operand wants them: in
-    every 16 columns, column g 8 + 2 t + j (the accumulator: chunk g, lane t mod 4, register j)
-    becomes 4 t + 2 g + j (the fp8 operand's 4 bytes per register); V^T's columns are stored in
-    that order (kernels/kv_prepass.py)."""
-    p = p.to(dtype)
-    if FP8:
-        BLOCK_N: gl.constexpr = p.shape[1]
-        p = p.reshape([64, BLOCK_N // 16, 2, 4, 2]).permute((0, 1, 3, 2, 4)).reshape([64, BLOCK_N])
-    return gl.convert_layout(p, p_layout)
-
-
-@gluon.jit
-def _pv_wait(acc, p, FP8: gl.constexpr):
-    """Wait for P V. p, its register operand, stays live until then; an 8-bit p cannot be a
-    dependency of the wait (Triton 3.6), and ptxas itself keeps an in-flight wgmma's registers
-    (it would serialise the wgmma and warn; sm_90 ptxas gives no such warning for this kernel)."""
-    if FP8:
-        acc = warpgroup_mma_wait(0, deps=(acc,))
-    else:
-        acc, p = warpgroup_mma_wait(0, deps=(acc, p))
-    return acc, p
-
-
-@gluon.jit
-def _v_operand(v_tile, FP8: gl.constexpr):
-    """P V's B operand, [BLOCK_N, HEAD_DIM]: the V tile, or for fp8 (whose wgmma reads both
-    operands K-major) the V^T tile [HEAD_DIM, BLOCK_N] seen transposed."""
-    if FP8:
-        return v_tile.permute((1, 0))
-    else:
-        return v_tile
-
-
-@gluon.jit
-def _zero_tail(smem, n_valid, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
-    """Zero rows [n_valid, BLOCK_N) of a K/V tile in shared memory, before this warpgroup's
-    wgmma reads it (the other warpgroup writes the same values)."""
-    if n_valid < BLOCK_N:
-        layout: gl.constexpr = _io_layout(HEAD_DIM, 4)
-        rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))
-        tile = smem.load(layout)
-        smem.store(gl.where((rows < n_valid)[:, None], tile, gl.zeros_like(tile)))
-        fence_async_shared()
-        gl.thread_barrier()
-
-
-@gluon.jit
-def _store(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_on, stride_oh, stride_ln, stride_lh,
-           WRITE_LSE: gl.constexpr):
-    gl.store(o_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
-             out.to(o_ptr.dtype.element_ty), mask=mask_o)
-    if WRITE_LSE:
-        gl.store(lse_ptr + rows * stride_ln + head * stride_lh, lse, mask=mask_m)
 
 
 @gluon.jit(do_not_specialize=["group_size", "window_left"])
