@@ -381,7 +381,7 @@ def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_
         s = warpgroup_mma_wait(0, deps=(s,))
         mbarrier.arrive(a.k_empty.index(t % STAGES), count=1)
         s = mask_tile(soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo, seen_by_all, window_all, u.hi, q_pos,
-                  a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
+                      a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
         m_i, l_i, alpha, p = softmax_step(s, m_i, l_i, a.qk_scale)
         p = p_operand(p, dtype, p_layout, a.FP8)
         for j in range(1, n_tiles):
@@ -394,7 +394,7 @@ def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_
             s = warpgroup_mma_wait(1, deps=(s,))
             mbarrier.arrive(a.k_empty.index(ks), count=1)
             s = mask_tile(soft_cap(s, a.softcap_in, a.HAS_SOFTCAP), u.lo + j * BLOCK_N, seen_by_all, window_all,
-                      u.hi, q_pos, a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
+                          u.hi, q_pos, a.window_left, custom, a.IS_CAUSAL, a.HAS_WINDOW, a.HAS_MASK, BLOCK_N, col_s)
             m_i, l_i, alpha, p_new = softmax_step(s, m_i, l_i, a.qk_scale)
             acc, p = pv_wait(acc, p, a.FP8)
             mbarrier.arrive(a.v_empty.index(vs), count=1)
@@ -431,13 +431,13 @@ def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_
         if u.slot >= 0:  # a split request: token t's chunks sit at part_indptr[t] + slot
             p_row = gl.load(part_indptr_ptr + u.q_start + offs_mo // a.group_size, mask=mask_m, other=0) + u.slot
             store_rows(part_o_ptr, part_lse_ptr, gl.convert_layout(out, io_layout), lse, p_row.to(gl.int64), head,
-                   offs_d, mask_o, mask_m, a.stride_pn, a.stride_ph, a.stride_pln, a.stride_plh, True)
+                       offs_d, mask_o, mask_m, a.stride_pn, a.stride_ph, a.stride_pln, a.stride_plh, True)
         else:
             store_rows(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
-                   offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
+                       offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
     else:
         store_rows(o_ptr, lse_ptr, gl.convert_layout(out.to(o_ptr.dtype.element_ty), io_layout), lse, tok_g, head,
-               offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
+                   offs_d, mask_o, mask_m, a.stride_on, a.stride_oh, a.stride_ln, a.stride_lh, a.WRITE_LSE)
     return t + n_tiles
 
 

@@ -51,7 +51,7 @@ def mask_rows(custom, start_n, hi, BLOCK_N: gl.constexpr, row_layout: gl.constex
 
 @gluon.jit
 def mask_tile(s, start_n, seen_by_all, window_all, hi, q_pos, window_left, custom, IS_CAUSAL: gl.constexpr,
-          HAS_WINDOW: gl.constexpr, HAS_MASK: gl.constexpr, BLOCK_N: gl.constexpr, col_layout: gl.constexpr):
+              HAS_WINDOW: gl.constexpr, HAS_MASK: gl.constexpr, BLOCK_N: gl.constexpr, col_layout: gl.constexpr):
     """Logits of one tile with keys past hi, (causal) after the row's position, (custom mask)
     whose bit is 0 or (window) before its window set to -inf, on the tiles that have any: those
     reaching past seen_by_all (every tile with a custom mask), or (window) starting before
@@ -160,7 +160,7 @@ def zero_tail(smem, n_valid, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
 
 @gluon.jit
 def store_rows(o_ptr, lse_ptr, out, lse, rows, head, offs_d, mask_o, mask_m, stride_on, stride_oh, stride_ln, stride_lh,
-           WRITE_LSE: gl.constexpr):
+               WRITE_LSE: gl.constexpr):
     """A warpgroup's out [64, head dim] (global_io_layout) into rows `rows` and heads `head` of
     o_ptr (the output's tokens, or a split's partial rows), and (WRITE_LSE) its lse beside it."""
     gl.store(o_ptr + rows[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :],
