@@ -415,24 +415,29 @@ def bench_masks(ws):
             rows.append(row)
     print(table(rows, ["workload", "impl", "us", "TFLOP/s", "graph us", "graph TFLOP/s", "rel err", "first call s"]))
 
-# Batched prefill around launch.SHORT_KEYS (--short): (name, requests, length, causal), 32 query
-# heads over 8 KV heads but where named, d128, bf16; and one mixed batch.
+# Batched prefill around launch.SHORT_KEYS and launch.PERSISTENT_KEYS (--short): (name, requests,
+# length, causal, KV heads), 32 query heads, d128, bf16.
 SHORT = [("bs4 L512 (32/32)", 4, 512, True, 32), ("bs16 L256", 16, 256, True, 8), ("bs8 L1024", 8, 1024, True, 8),
          ("bs4 L1536", 4, 1536, True, 8), ("bs4 L2048", 4, 2048, True, 8), ("bs2 L3072", 2, 3072, True, 8),
-         ("bs8 L512 non-causal", 8, 512, False, 8), ("bs2 L1024 non-causal", 2, 1024, False, 8),
-         ("bs1 L4096", 1, 4096, True, 8)]
+         ("bs8 L512 non-causal", 8, 512, False, 8), ("bs16 L256 non-causal", 16, 256, False, 8),
+         ("bs2 L1024 non-causal", 2, 1024, False, 8), ("bs1 L4096", 1, 4096, True, 8)]
 
 
 def bench_short(ws):
     """The Gluon kernel's two tiles on batched prefill (ragged wrapper, and paged with page 16):
-    the plan's own choice (auto), the short tile forced (launch.SHORT_TILE: 64 x 64, two programs
-    an SM, persistent past them) and the 128 x 128 tile forced, beside cuDNN; per graph call,
-    each checked against the fp32 reference first (its last request's last 256 rows)."""
+    the plan's own choice (auto), the short tile forced where rows end on a causal diagonal
+    (launch.SHORT_TILE: 64 x 64, two programs an SM, persistent past them), and the 128 x 128
+    tile forced on persistent programs and on a program per unit, beside cuDNN; per graph call,
+    each checked against the fp32 reference first (its last request's last 256 rows). "plan":
+    the plan's tile ("persistent": on persistent programs where its units outnumber the programs
+    that fit at once)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from pyflashinfer.attention import launch
     dt, hq, d = torch.bfloat16, 32, 128
-    keys_default = launch.SHORT_KEYS
+    keys_default, persistent_default = launch.SHORT_KEYS, launch.PERSISTENT_KEYS
+    tiles = (("auto", keys_default, persistent_default), ("short", float("inf"), persistent_default),
+             ("128 x 128 persistent", -1.0, float("inf")), ("128 x 128", -1.0, -1.0))
     rows = []
     for name, batch, seq, causal, hk in SHORT:
         q = torch.randn(batch * seq, hq, d, device="cuda", dtype=dt)
@@ -445,8 +450,8 @@ def bench_short(ws):
         lens = torch.full((batch,), seq)
         keys = launch.mean_keys(lens, lens, causal)
         for impl in ("ragged", "paged p16"):
-            for tile, short_keys in (("auto", keys_default), ("short", float("inf")), ("128 x 128", -1.0)):
-                launch.SHORT_KEYS = short_keys
+            for tile, short_keys, persistent_keys in tiles:
+                launch.SHORT_KEYS, launch.PERSISTENT_KEYS = short_keys, persistent_keys
                 if impl == "ragged":
                     wr = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws)
                     wr.plan(indptr, indptr, hq, hk, d, causal=causal, q_data_type=dt)
@@ -455,13 +460,14 @@ def bench_short(ws):
                     wr = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws)
                     wr.plan(indptr, p_indptr, p_indices, p_last, hq, hk, d, 16, causal=causal, q_data_type=dt)
                     fn = lambda: wr.run(q, cache)  # noqa: E731
-                launch.SHORT_KEYS = keys_default
+                launch.SHORT_KEYS, launch.PERSISTENT_KEYS = keys_default, persistent_default
                 err = rel_err(fn()[-256:], ref)
                 if not err < TOL:
                     raise SystemExit(f"{name} {impl} {tile}: relative error {err:.3g}; refusing to time a wrong kernel")
                 plan = wr.plan_value
                 row = {"workload": name, "mean keys": keys, "impl": impl, "tile": tile,
-                       "plan": f"{plan.block_m} x {plan.block_n}" + (" short" if plan.maxnreg else ""),
+                       "plan": f"{plan.block_m} x {plan.block_n}" + (" short" if plan.maxnreg else "")
+                       + (" persistent" if plan.persistent else ""),
                        "rel err": err, **_graph_clock(fn, flops)}
                 print(row, flush=True)
                 rows.append(row)

@@ -175,7 +175,9 @@ def gluon_variants() -> list[dict]:
             [(256, 128, True, True, "bf16", 0, "wcs"), (256, 128, False, False, "fp16", 16, ""),
              (256, 64, True, True, "bf16", 0, ""), (256, 64, True, False, "bf16", "cp16", "")],
             [(128, 64, True, True, "bf16", 0, "tp"), (128, 64, True, False, "fp16", 16, "t"),
-             (128, 64, False, True, "bf16", "cp1", "tpwcsm"), (128, 64, False, False, "bf16", 16, "tpm")]):
+             (128, 64, False, True, "bf16", "cp1", "tpwcsm"), (128, 64, False, False, "bf16", 16, "tpm")],
+            [(128, 128, True, True, "bf16", 0, "p"), (128, 128, False, False, "fp16", 16, "p"),
+             (64, 128, True, False, "bf16", "cp1", "pwc"), (128, 64, False, True, "bf16", 0, "p")]):
         sig, consts = {n: "i32" for n in kernel.arg_names}, {}
         if "s" in feats:
             sig["sinks_ptr"] = "*fp32"

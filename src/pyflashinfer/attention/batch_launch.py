@@ -200,11 +200,12 @@ def prefill_launch(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_i
             descs.update(v_desc=None, v_page_rows=0, v_head_row=0, v_head_col=0)
         cap = var.soft_cap  # logits cap tanh(q.k sm_scale / cap): the kernel's exp2 scale is then cap log2(e)
         launch_args = {n: a for n, a in common.items() if n not in _PTR_KV_ARGS}
-        # Short units outnumbering the programs that fit at once (two an SM) run on that many persistent
-        # programs, which copy the next unit's Q rows in 16-byte pieces (cp.async) during this one's.
-        resident = 2 * num_sms(q.device)
+        # Units outnumbering the programs that fit at once (two an SM on the short tile) run on that many
+        # persistent programs (plan.persistent), which copy the next unit's Q rows in 16-byte pieces
+        # (cp.async) during this one's.
+        resident = (2 if short else 1) * num_sms(q.device)
         q_16b = q.data_ptr() % 16 == 0 and q.stride(0) % 8 == 0 and q.stride(1) % 8 == 0
-        persistent = short and vt is None and q_16b and plan.num_work * plan.num_kv_heads > resident
+        persistent = plan.persistent and vt is None and q_16b and plan.num_work * plan.num_kv_heads > resident
         if persistent:
             grid = (resident, 1, 1)
         attn = launch(prefill_ws_kernel, grid, num_warps=4, maxnreg=plan.maxnreg,

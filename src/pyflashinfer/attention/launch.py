@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -53,6 +53,7 @@ class TileConfig:
     num_stages: int
     warp_spec: bool = False  # producer/consumer warps for the unmasked KV loop (with KV_TMA)
     maxnreg: Optional[int] = None  # Gluon kernel: registers per thread capped so that two programs share an SM
+    persistent: bool = False  # Gluon kernel: persistent programs where the units outnumber those that fit at once
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -167,8 +168,18 @@ def hopper_covers_fields(device: torch.device, backend: str, q_dtype: torch.dtyp
 # 488.8 (the long tile keeps that). SHORT_KEYS bounds the keys a query row sees on average,
 # each request weighted by its work (mean_keys): on the H100 (bench_prefill.py --short, 2026-12-07)
 # the short tile leads by 1-8% where rows see 512 keys, trails by 6% at 768 and by 4-12% at 1,024.
-SHORT_TILE = TileConfig(64, 64, 4, 2, maxnreg=128)
+# It pays on rows that end on a causal diagonal (or a custom mask), whose last tile the 128-row
+# tile would half waste; without one, the 128-row tile on persistent programs leads it (below).
+SHORT_TILE = TileConfig(64, 64, 4, 2, maxnreg=128, persistent=True)
 SHORT_KEYS = 640
+# The 128-row tile (head dims up to 128: two Q buffers fit beside the K/V rings) runs on
+# persistent programs where its rows see PERSISTENT_KEYS keys or fewer: each program's next unit
+# starts while it finishes the last, where a program per unit leaves that start exposed; past
+# them, the hardware's own order of programs balances long causal units better. Per CUDA-graph
+# call against a program per unit (H100, 2026-12-07/08, benchmarks/RESULTS.md): non-causal bs8 L512
+# +21%, bs16 L256 +29%, bs2 L1024 +10%; causal bs8 L1024 +5%, bs4 L1536 +5%, bs4 L2048 -3 to +3%;
+# llama3-8b L16384 -2%.
+PERSISTENT_KEYS = 1024
 
 
 def mean_keys(qo_lens: torch.Tensor, spans: torch.Tensor, causal: bool) -> float:
@@ -185,19 +196,25 @@ def mean_keys(qo_lens: torch.Tensor, spans: torch.Tensor, causal: bool) -> float
 
 def batch_prefill_tile(device: torch.device, backend: str, q_dtype: torch.dtype, kv_dtype: torch.dtype,
                        head_dim_qk: int, head_dim_vo: int, page_size: int, rows: int, has_mask: bool,
-                       use_rope: bool, has_pos_encoding: bool, keys: float = float("inf")) -> TileConfig:
+                       use_rope: bool, has_pos_encoding: bool, keys: float = float("inf"),
+                       diagonal: bool = True) -> TileConfig:
     """A batch prefill plan's tile: the portable kernel's (prefill_tile), except where the Gluon
     kernel covers the plan: head dim 256 takes 128-row tiles where it reads K/V in place (two
     consumer warpgroups of 64 rows; the portable kernel's registers bound it to 64, and a plan
     read through a copy falls back to it when the copy does not fit): 1.2x per CUDA-graph call
     at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md); 16-bit q at head dim 128 takes
-    SHORT_TILE where its rows see SHORT_KEYS keys or fewer (keys: mean_keys of the batch) and
-    fill a 64-row tile. rows: the most packed query rows of a request."""
+    SHORT_TILE where its rows see SHORT_KEYS keys or fewer (keys: mean_keys of the batch), end
+    on a causal diagonal or a custom mask (diagonal) and fill a 64-row tile. Tiles at head dims
+    up to 128 whose rows see PERSISTENT_KEYS keys or fewer run on persistent programs (the
+    launch decides where the Gluon kernel runs them). rows: the most packed query rows of a
+    request."""
     tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope, has_mask)
-    if (keys <= SHORT_KEYS and head_dim_qk == head_dim_vo == 128 and q_dtype.itemsize == 2 and tile.block_m >= 64
+    if (keys <= SHORT_KEYS and diagonal and head_dim_qk == head_dim_vo == 128 and q_dtype.itemsize == 2 and tile.block_m >= 64
             and hopper_covers_fields(device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size,
                                      SHORT_TILE.block_m, SHORT_TILE.block_n, has_pos_encoding)):
         return SHORT_TILE
+    if keys <= PERSISTENT_KEYS and max(head_dim_qk, head_dim_vo) <= 128:
+        tile = replace(tile, persistent=True)
     copied = kv_copied_fields(q_dtype, kv_dtype, page_size, tile.block_n)
     if head_dim_qk == 256 and tile.block_m == 64 and rows > 64 and not copied and hopper_covers_fields(
             device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size, 128, tile.block_n,

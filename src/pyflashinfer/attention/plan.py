@@ -209,6 +209,7 @@ class PrefillPlan:
     mask_indptr: Optional[torch.Tensor] = field(repr=False, default=None)
     max_kv_len: int = 0      # tokens of the longest request's KV
     maxnreg: Optional[int] = None  # the Gluon kernel's register cap (launch.SHORT_TILE: two programs an SM)
+    persistent: bool = False  # the Gluon kernel on persistent programs (launch.TileConfig)
     # Pre-pass buffers of the Gluon kernel (kernels/kv_prepass.py): fp8 q/k/v, V^T [H_kv, D_vo,
     # entries]; 16-bit q over a KV read from a copy (launch.kv_copied), (K, V) in q's dtype
     # [entries, H_kv, D] (launch.prepass_len).

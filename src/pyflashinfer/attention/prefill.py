@@ -121,8 +121,9 @@ class _BatchPrefillWrapper:
         # The keys a row sees on average (a custom mask counted as none masked): short work takes its own tile.
         keys = mean_keys(qo_lens, seq_lens_h - window_start(qo_lens, seq_lens_h, window_left, SHORT_TILE.block_n),
                          bool(causal) and packed is None)
+        diagonal = bool(causal) or packed is not None  # rows that end on a diagonal or a mask
         graph = self._graph_plan(batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode,
-                                 (q_dtype, kv_dtype), page_size, keys)
+                                 (q_dtype, kv_dtype), page_size, keys, diagonal)
         if graph is not None and packed is not None:  # the captured launch reads the caller's mask buffers
             mask_buf, indptr_buf = self._mask_buffers
             if mask_buf.numel() < packed.numel():
@@ -136,7 +137,7 @@ class _BatchPrefillWrapper:
         else:
             max_rows = int(qo_lens.max()) * group if batch else 1
             tile = self._tile(max(max_rows, 1), head_dim_qk, head_dim_vo, mode, (q_dtype, kv_dtype), page_size,
-                              packed is not None, keys)
+                              packed is not None, keys, diagonal)
             max_work = None
         tiles = (qo_lens * group + tile.block_m - 1) // tile.block_m
         min_chunk = 4 * tile.block_n if is_interpreting() else max(1024, 4 * tile.block_n)
@@ -175,7 +176,8 @@ class _BatchPrefillWrapper:
             warp_spec=tile.warp_spec, kv_chunk=chunk, num_work=num_work if total_qo or graph else 0,
             num_partials=num_partials, total_qo=total_qo, total_kv=int(kv_indptr_h[-1]), buffer=buf,
             part_o=part_o, part_lse=part_lse, packed_mask=packed, mask_indptr=mask_indptr,
-            max_kv_len=int(seq_lens_h.max()) if batch else 0, maxnreg=tile.maxnreg)
+            max_kv_len=int(seq_lens_h.max()) if batch else 0, maxnreg=tile.maxnreg,
+            persistent=tile.persistent)
         # Pre-pass buffers: fp8 KV always; a 16-bit KV gathered from its pages in eager mode only (a
         # CUDA-graph plan would bound every later plan's KV by the workspace: it keeps the portable kernel).
         plan = self._plan
@@ -248,12 +250,13 @@ class _BatchPrefillWrapper:
         return tuple(scratch[i * n: (i + 1) * n].view(plan.q_dtype).view(entries, plan.num_kv_heads, plan.head_dim_vo)
                      for i in range(2))
 
-    def _tile(self, rows, head_dim_qk, head_dim_vo, mode, dtypes, page_size, has_mask, keys):
+    def _tile(self, rows, head_dim_qk, head_dim_vo, mode, dtypes, page_size, has_mask, keys, diagonal):
         return batch_prefill_tile(self._device, self._backend, *dtypes, head_dim_qk, head_dim_vo, page_size, rows,
-                                  has_mask, mode == PosEncodingMode.ROPE_LLAMA, mode != PosEncodingMode.NONE, keys)
+                                  has_mask, mode == PosEncodingMode.ROPE_LLAMA, mode != PosEncodingMode.NONE, keys,
+                                  diagonal)
 
     def _graph_plan(self, batch, total_qo, group, packed, num_qo_heads, head_dim_qk, head_dim_vo, mode, dtypes,
-                    page_size, keys):
+                    page_size, keys, diagonal):
         """CUDA-graph mode: what the first plan fixes for every later one (None in eager mode).
         The captured q holds the first plan's tokens: later plans may have any lengths with at
         most that many tokens in all. The grid bounds the row tiles, or the work of a split plan
@@ -276,7 +279,7 @@ class _BatchPrefillWrapper:
                                  f"{self._mask_buffers[1].shape[0]}")
         if self._graph is None:
             tile = self._tile(max(total_qo * group, 1), head_dim_qk, head_dim_vo, mode, dtypes, page_size,
-                              packed is not None, keys)
+                              packed is not None, keys, diagonal)
             split_work = triton.cdiv(2 * num_sms(self._device), num_qo_heads // group)
             max_work = max(triton.cdiv(total_qo * group, tile.block_m) + batch, split_work, 1)
             self._graph = dict(

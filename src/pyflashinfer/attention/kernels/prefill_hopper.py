@@ -40,8 +40,9 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   (p_operand: no shuffles). v_scale is folded into 1 / l.
 
 Short work (launch.SHORT_TILE: 64 x 64 tiles, registers capped so that two programs share an
-SM) runs on persistent programs where its units outnumber them (PERSISTENT): program p takes one
-unit a round of the work list (longest first, heads fastest), dealt back and forth (_dealt: p,
+SM; or 128-row tiles whose rows see few keys, launch.PERSISTENT_KEYS) runs on persistent programs
+where its units outnumber the programs that fit at once (PERSISTENT): program p takes one unit a
+round of the work list (longest first, heads fastest), dealt back and forth (_dealt: p,
 then 2 programs - 1 - p, ...), its producer copying the next unit's K/V while its consumers
 finish the last, each consumer copying the next unit's Q rows (cp.async, into a second Q
 buffer) and reading the work entry of the unit after it while it computes this one.
