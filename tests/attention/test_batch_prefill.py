@@ -68,7 +68,8 @@ def hopper_tile(request, monkeypatch):
         short = w.plan_value.maxnreg is not None
         assert not short or (gluon and d == 128)
         if request.param.startswith("long"):
-            assert not short and w.plan_value.persistent == (request.param == "long-persistent" and d <= 128)
+            persistent = request.param == "long-persistent" and d <= 128 and w.plan_value.packed_mask is None
+            assert not short and w.plan_value.persistent == persistent
         elif request.param == "short-persistent" and gluon and d == 128 and q_dtype.itemsize == 2:
             diagonal = w.plan_value.variant.causal or w.plan_value.packed_mask is not None
             assert short == diagonal and (not short or w.plan_value.block_m == w.plan_value.block_n == 64)
@@ -92,15 +93,15 @@ def test_short_tile_choice(monkeypatch):
     """Where a plan on sm_90 takes the Gluon kernel's short tile (launch.SHORT_TILE): 16-bit q at
     head dim 128, rows that see SHORT_KEYS keys or fewer on average, end on a causal diagonal
     and fill a 64-row tile; never with backend="fa2", fp8 q, other head dims or RoPE. Where the
-    other tiles run on persistent programs (launch.PERSISTENT_KEYS). (The device is faked: this
-    checks the choice alone.)"""
+    other tiles run on persistent programs (launch.PERSISTENT_KEYS; not with a custom mask). (The
+    device is faked: this checks the choice alone.)"""
     from pyflashinfer.attention import launch
     monkeypatch.setattr(launch, "is_interpreting", lambda: False)
     monkeypatch.setattr(launch, "_is_sm90", lambda device: True)
     dev = torch.device("cuda", 0)
 
-    def tile(keys, q=BF16, kv=BF16, d=128, rows=4096, backend="auto", page=0, rope=False, diagonal=True):
-        return launch.batch_prefill_tile(dev, backend, q, kv, d, d, page, rows, False, rope, rope, keys, diagonal)
+    def tile(keys, q=BF16, kv=BF16, d=128, rows=4096, backend="auto", page=0, rope=False, diagonal=True, mask=False):
+        return launch.batch_prefill_tile(dev, backend, q, kv, d, d, page, rows, mask, rope, rope, keys, diagonal)
     assert tile(256.0) == launch.SHORT_TILE and tile(launch.SHORT_KEYS, F16, E4M3, page=16) == launch.SHORT_TILE
     assert tile(2048.0).block_m == 128 and tile(2048.0).maxnreg is None
     for kw in (dict(backend="fa2"), dict(q=E4M3, kv=E4M3), dict(d=64), dict(d=256), dict(rows=32), dict(rope=True),
@@ -109,6 +110,7 @@ def test_short_tile_choice(monkeypatch):
     # Persistent programs for the other tiles where rows see PERSISTENT_KEYS keys or fewer, at head dims up to 128.
     assert tile(256.0, diagonal=False).persistent and tile(launch.PERSISTENT_KEYS).persistent
     assert not tile(2 * launch.PERSISTENT_KEYS).persistent and not tile(256.0, d=256).persistent
+    assert not tile(2 * launch.SHORT_KEYS, mask=True).persistent
 
 
 # (id, qo_lens, kv_lens, H_qo, H_kv, head_dim, dtype, kwargs)

@@ -172,13 +172,13 @@ def hopper_covers_fields(device: torch.device, backend: str, q_dtype: torch.dtyp
 # tile would half waste; without one, the 128-row tile on persistent programs leads it (below).
 SHORT_TILE = TileConfig(64, 64, 4, 2, maxnreg=128, persistent=True)
 SHORT_KEYS = 640
-# The 128-row tile (head dims up to 128: two Q buffers fit beside the K/V rings) runs on
-# persistent programs where its rows see PERSISTENT_KEYS keys or fewer: each program's next unit
-# starts while it finishes the last, where a program per unit leaves that start exposed; past
-# them, the hardware's own order of programs balances long causal units better. Per CUDA-graph
-# call against a program per unit (H100, 2026-12-07/08, benchmarks/RESULTS.md): non-causal bs8 L512
-# +21%, bs16 L256 +29%, bs2 L1024 +10%; causal bs8 L1024 +5%, bs4 L1536 +5%, bs4 L2048 -3 to +3%;
-# llama3-8b L16384 -2%.
+# The 128-row tile (head dims up to 128: two Q buffers fit beside the K/V rings; no custom mask,
+# not yet timed) runs on persistent programs where its rows see PERSISTENT_KEYS keys or fewer:
+# each program's next unit starts while it finishes the last, where a program per unit leaves
+# that start exposed; past them, the hardware's own order of programs balances long causal units
+# better. Per CUDA-graph call against a program per unit (H100, 2026-12-07/08,
+# benchmarks/RESULTS.md): non-causal bs8 L512 +21%, bs16 L256 +29%, bs2 L1024 +10%; causal bs8
+# L1024 +5%, bs4 L1536 +5%, bs4 L2048 -3 to +3%; llama3-8b L16384 -2%.
 PERSISTENT_KEYS = 1024
 
 
@@ -205,15 +205,15 @@ def batch_prefill_tile(device: torch.device, backend: str, q_dtype: torch.dtype,
     at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md); 16-bit q at head dim 128 takes
     SHORT_TILE where its rows see SHORT_KEYS keys or fewer (keys: mean_keys of the batch), end
     on a causal diagonal or a custom mask (diagonal) and fill a 64-row tile. Tiles at head dims
-    up to 128 whose rows see PERSISTENT_KEYS keys or fewer run on persistent programs (the
-    launch decides where the Gluon kernel runs them). rows: the most packed query rows of a
-    request."""
+    up to 128 whose rows see PERSISTENT_KEYS keys or fewer run on persistent programs, but with
+    a custom mask (not yet timed there; the launch decides where the Gluon kernel runs them).
+    rows: the most packed query rows of a request."""
     tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope, has_mask)
     if (keys <= SHORT_KEYS and diagonal and head_dim_qk == head_dim_vo == 128 and q_dtype.itemsize == 2 and tile.block_m >= 64
             and hopper_covers_fields(device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size,
                                      SHORT_TILE.block_m, SHORT_TILE.block_n, has_pos_encoding)):
         return SHORT_TILE
-    if keys <= PERSISTENT_KEYS and max(head_dim_qk, head_dim_vo) <= 128:
+    if keys <= PERSISTENT_KEYS and not has_mask and max(head_dim_qk, head_dim_vo) <= 128:
         tile = replace(tile, persistent=True)
     copied = kv_copied_fields(q_dtype, kv_dtype, page_size, tile.block_n)
     if head_dim_qk == 256 and tile.block_m == 64 and rows > 64 and not copied and hopper_covers_fields(
