@@ -205,11 +205,12 @@ def batch_prefill_tile(device: torch.device, backend: str, q_dtype: torch.dtype,
     at Gemma 2's shapes on the H100 (benchmarks/RESULTS.md); 16-bit q at head dim 128 takes
     SHORT_TILE where its rows see SHORT_KEYS keys or fewer (keys: mean_keys of the batch), end
     on a causal diagonal or a custom mask (diagonal) and fill a 64-row tile. Tiles at head dims
-    up to 128 whose rows see PERSISTENT_KEYS keys or fewer run on persistent programs, but with
-    a custom mask (not yet timed there; the launch decides where the Gluon kernel runs them).
-    rows: the most packed query rows of a request."""
+    up to 128 whose rows see PERSISTENT_KEYS keys or fewer run on persistent programs, except
+    with a custom mask (not yet timed there; the launch decides where the Gluon kernel runs
+    them). rows: the most packed query rows of a request."""
     tile = prefill_tile(max(_pow2(head_dim_qk), _pow2(head_dim_vo)), rows, use_rope, has_mask)
-    if (keys <= SHORT_KEYS and diagonal and head_dim_qk == head_dim_vo == 128 and q_dtype.itemsize == 2 and tile.block_m >= 64
+    if (keys <= SHORT_KEYS and diagonal and head_dim_qk == head_dim_vo == 128 and q_dtype.itemsize == 2
+            and tile.block_m >= 64
             and hopper_covers_fields(device, backend, q_dtype, kv_dtype, head_dim_qk, head_dim_vo, page_size,
                                      SHORT_TILE.block_m, SHORT_TILE.block_n, has_pos_encoding)):
         return SHORT_TILE
