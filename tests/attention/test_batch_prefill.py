@@ -582,6 +582,13 @@ def test_hopper_short_tile_q_views(view, device, monkeypatch):
     _check(out, lse, list(q.split(lens)), ks, vs, BF16, causal=True)
 
 
+def _fixed_split(name: str, page: int) -> dict:
+    """The plan's fixed split for a HOPPER_VARIANTS or HOPPER_MASKS case named "split": 256 tokens
+    a chunk paged, 512 ragged. (Not 1,024: with a window, the first tile starts at a multiple of
+    64 or 128 by the tile, which can leave a request fewer keys than one such chunk.)"""
+    return dict(fixed_split_size=256 // page if page else 512) if "split" in name else {}
+
+
 def _hopper_inputs(case, device):
     """A HOPPER_VARIANTS or HOPPER_MASKS case's KV (_kv_inputs), scales, q per request and sinks."""
     name, qo_lens, kv_lens, h_qo, h_kv, d, page, q_dtype, kv_dtype, with_sinks, _ = case
@@ -629,8 +636,7 @@ def test_hopper_prefill_window_softcap_sinks(case, device, monkeypatch, hopper_t
     used = spy_hopper_prefill(monkeypatch)
     fp8_q = q_dtype == E4M3
     kv, scales, qs, sinks = _hopper_inputs(case, device)
-    # 512 tokens: the window's first tile (a multiple of 64 or 128 by the tile) leaves over 1,024 keys or not
-    split = dict(fixed_split_size=256 // page if page else 512) if "split" in name else {}
+    split = _fixed_split(name, page)
     for backend in ("auto", "fa2"):
         ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
         w, out, lse = _plan_and_run(kv, qo_lens, kv_lens, h_qo, h_kv, d, page, qs, ws, dict(sinks=sinks, **scales),
@@ -674,8 +680,7 @@ def test_hopper_prefill_custom_mask(case, device, monkeypatch, hopper_tile):
         m[:, m.shape[1] // 3: m.shape[1] // 2] = False
     masks[0][min(2, qo_lens[0] - 1)] = False  # a fully masked row: o = 0, lse = -inf
     mk = _mask_kwargs(masks, "packed" in name, device)
-    # 512 tokens: the window's first tile (a multiple of 64 or 128 by the tile) leaves over 1,024 keys or not
-    split = dict(fixed_split_size=256 // page if page else 512) if "split" in name else {}
+    split = _fixed_split(name, page)
     for backend in ("auto", "fa2"):
         ws = torch.empty(64 << 20, dtype=torch.uint8, device=device)
         w, out, lse = _plan_and_run(kv, qo_lens, kv_lens, h_qo, h_kv, d, page, qs, ws, dict(sinks=sinks, **scales),
