@@ -22,10 +22,12 @@ A program owns a 64- or 128-row tile and runs as warp-specialised partitions:
   (mbarriers: ready per slot, and empty per slot, which every consumer releases);
 - one consumer warpgroup per 64 rows loads its Q rows through registers into shared memory
   (while the first K/V copies are in flight), then runs S = Q K^T and O += P V on wgmma, P from registers, and
-  S of tile j issued before P V of tile j - 1, so that its softmax runs under that product
-  (FA3's intra-warpgroup overlap). The warpgroups never wait for each other. FA3's ping-pong
-  (the two warpgroups taking turns on the tensor cores through barriers) measured slower here
-  (benchmarks/RESULTS.md).
+  S of tile j issued before P V of tile j - 1, so that its softmax could run under that
+  product (FA3's intra-warpgroup overlap). It does not: in the sm_90 SASS of every variant,
+  ptxas puts the wait for P V before the exp2s of tile j, so only the other warpgroup's
+  products can run under a warpgroup's softmax. The warpgroups never wait for each other.
+  FA3's ping-pong (the two warpgroups taking turns on the tensor cores through barriers)
+  measured slower here (benchmarks/RESULTS.md).
 - Logits stay raw q.k until one FMA per element folds in qk_scale = sm_scale * log2(e) inside
   the exp2 (with a soft cap: tanh(q.k sm_scale / cap) first, qk_scale = cap log2(e)); only
   tiles that the causal bound, the kv range or the window's edge cut are masked (with a custom
@@ -336,8 +338,8 @@ def _q_rows(a: _WsArgs, u: _Unit, ptrs, q_smem, WG: gl.constexpr, ASYNC: gl.cons
 @gluon.jit
 def _consume_unit(a: _WsArgs, u: _Unit, ptrs, q_smem, t, WG: gl.constexpr, PAGE_SIZE: gl.constexpr):
     """Rows [64 WG, 64 WG + 64) of unit u, whose Q rows are in q_smem and whose K/V tiles are the
-    program's t-th on, S of tile j issued before P V of tile j - 1 (the softmax of j overlaps
-    that product). Returns t past the unit's tiles."""
+    program's t-th on, S of tile j issued before P V of tile j - 1 (ptxas waits for that product
+    before the softmax of j: see the module's docstring). Returns t past the unit's tiles."""
     _, _, _, o_ptr, lse_ptr, part_o_ptr, part_lse_ptr, part_indptr_ptr, sinks_ptr, mask_ptr, \
         mask_indptr_ptr = ptrs
     dtype: gl.constexpr = a.k_smem.dtype
