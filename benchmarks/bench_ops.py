@@ -31,14 +31,7 @@ OPTS = ARGS.parse_args()
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
 import common  # noqa: E402
-
-if OPTS.dry_run:  # the interpreter needs the tests' bf16 fix (round-to-nearest casts)
-    sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
-    import interp_patch  # noqa: E402
-
-    interp_patch.apply()
 
 import pyflashinfer.activation as act  # noqa: E402
 import pyflashinfer.norm as norm  # noqa: E402

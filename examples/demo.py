@@ -10,10 +10,6 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-    import interp_patch  # the interpreter's bf16 fix (see tests/interp_patch.py)
-
-    interp_patch.apply()
 
 import pyflashinfer as flashinfer  # noqa: E402
 from pyflashinfer.attention.reference import attention_ref  # noqa: E402

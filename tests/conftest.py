@@ -1,8 +1,7 @@
 """Test set-up: GPU when there is one, Triton's CPU interpreter otherwise.
 
 TRITON_INTERPRET must be set before any @triton.jit kernel is defined, so this runs before
-pyflashinfer is imported. Under the interpreter the bf16/fp8 fix in interp_patch.py is applied
-(see its docstring): the kernels' own code is what runs on bf16 and fp8 data.
+pyflashinfer is imported (which then fixes the interpreter's bf16 and fp8: _interpreter.py).
 """
 import os
 import sys
@@ -17,10 +16,6 @@ os.environ.setdefault("PYFLASHINFER_POISON_OUTPUTS", "1")
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-if INTERPRETING:
-    import interp_patch
-
-    interp_patch.apply()
 
 DEVICE = "cpu" if INTERPRETING else "cuda"
 

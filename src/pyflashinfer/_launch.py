@@ -70,6 +70,10 @@ def _record(kernel, kwargs: dict, num_warps: int, num_stages: int, maxnreg: Opti
 
 
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if _INTERPRETING:  # the interpreter computes bf16 and fp8 wrongly unless fixed (_interpreter.py)
+    from . import _interpreter
+
+    _interpreter.apply()
 
 
 def _scratch(size: int, alignment: int, stream):
@@ -203,6 +207,7 @@ def launch(kernel, grid, *, num_warps: int = 4, num_stages: int = 2, maxnreg: Op
         options["maxnreg"] = maxnreg
     if _INTERPRETING:
         _check_names(kernel, kwargs)
+        _interpreter.check_dtypes(kernel, kwargs)
         kernel[grid](**kwargs, **options)
         return None
     device = torch.cuda.current_device()

@@ -1,18 +1,21 @@
-"""Test-only fix of Triton's CPU interpreter for bf16 arithmetic and float->fp8 rounding.
+"""A fix of Triton's CPU interpreter for bf16 arithmetic and float->fp8 rounding, applied on import
+of pyflashinfer when Triton interprets (TRITON_INTERPRET=1).
 
 Why: under TRITON_INTERPRET=1 Triton stores bf16 as raw uint16 bits and feeds them to numpy in
 `tl.dot` and arithmetic (garbage results; upstream calls bf16 "not supported yet"), rounds
 fp32->bf16 by truncation, and drops the rounding carry in float->fp8 casts (7.98 -> 4.0, no
-saturation at 448). With this patch the kernels' own code runs unchanged on bf16 and fp8 data:
+saturation at 448). With this fix the kernels' own code runs unchanged on bf16 and fp8 data:
 bf16 operands are widened to fp32 before the op and results are rounded back to bf16 with
 round-to-nearest-even, and casts to fp8 are rounded by torch (RTNE with saturation, as on the
 GPU). Reductions over bf16 values are not patched: kernels reduce in fp32.
 
-It touches private interpreter code, so CI pins triton (3.6.0, the GPU image's version).
-conftest.py applies it only when interpreting.
+It replaces private interpreter methods, as written for triton 3.6 (the version CI pins and the
+GPU image runs). On another triton it changes nothing, and `check_dtypes` makes a launch with
+bf16 or fp8 tensors under the interpreter raise instead of returning garbage.
 """
 import numpy as np
 import torch
+import triton
 import triton.language as tl
 from triton.runtime import interpreter as _I
 
@@ -49,11 +52,11 @@ def _to_f32_np(h):
     return h.data.astype(np.float32)
 
 
-_orig_dot = _B.create_dot
-_orig_binary = _B.binary_op
-_orig_unary = _B.unary_op
-_orig_cast = _B.cast_impl
-_orig_fp_to_fp = _B.create_fp_to_fp
+_orig_dot = getattr(_B, "create_dot", None)
+_orig_binary = getattr(_B, "binary_op", None)
+_orig_unary = getattr(_B, "unary_op", None)
+_orig_cast = getattr(_B, "cast_impl", None)
+_orig_fp_to_fp = getattr(_B, "create_fp_to_fp", None)
 
 
 def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
@@ -95,9 +98,39 @@ def create_fp_to_fp(self, src, dst_type, rounding_mode):
     return _orig_fp_to_fp(self, src, dst_type, rounding_mode)
 
 
-def apply():
+# The interpreter's methods this replaces, as triton 3.6 names them.
+_METHODS = ("create_dot", "binary_op", "unary_op", "cast_impl", "create_fp_to_fp")
+SUPPORTED_TRITON = "3.6."
+APPLIED = False
+
+
+def apply() -> bool:
+    """Install the fix (once); False, changing nothing, on a triton it was not written for."""
+    global APPLIED
+    if APPLIED:
+        return True
+    if not triton.__version__.startswith(SUPPORTED_TRITON) or not all(hasattr(_B, m) for m in _METHODS):
+        return False
     _B.create_dot = create_dot
     _B.binary_op = binary_op
     _B.unary_op = unary_op
     _B.cast_impl = cast_impl
     _B.create_fp_to_fp = create_fp_to_fp
+    APPLIED = True
+    return True
+
+
+_UNFIXED = (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def check_dtypes(kernel, kwargs: dict) -> None:
+    """Without the fix, bf16 and fp8 kernels give wrong results under the interpreter: refuse them."""
+    if APPLIED:
+        return
+    bad = sorted({str(v.dtype) for v in kwargs.values() if isinstance(v, torch.Tensor) and v.dtype in _UNFIXED})
+    if bad:
+        name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")
+        raise NotImplementedError(
+            f"{name}: {', '.join(bad)} tensors under Triton's CPU interpreter need pyflashinfer's interpreter "
+            f"fix, written for triton {SUPPORTED_TRITON}x; this is triton {triton.__version__}. "
+            "Use float16 or float32 on the CPU, or run on a GPU.")
