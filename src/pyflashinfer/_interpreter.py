@@ -98,8 +98,9 @@ def create_fp_to_fp(self, src, dst_type, rounding_mode):
     return _orig_fp_to_fp(self, src, dst_type, rounding_mode)
 
 
-# The interpreter's methods this replaces, as triton 3.6 names them.
-_METHODS = ("create_dot", "binary_op", "unary_op", "cast_impl", "create_fp_to_fp")
+# The interpreter's methods this replaces, as triton 3.6 names them, and their replacements.
+_FIXES = {"create_dot": create_dot, "binary_op": binary_op, "unary_op": unary_op, "cast_impl": cast_impl,
+          "create_fp_to_fp": create_fp_to_fp}
 SUPPORTED_TRITON = "3.6."
 APPLIED = False
 
@@ -109,13 +110,10 @@ def apply() -> bool:
     global APPLIED
     if APPLIED:
         return True
-    if not triton.__version__.startswith(SUPPORTED_TRITON) or not all(hasattr(_B, m) for m in _METHODS):
+    if not triton.__version__.startswith(SUPPORTED_TRITON) or not all(hasattr(_B, m) for m in _FIXES):
         return False
-    _B.create_dot = create_dot
-    _B.binary_op = binary_op
-    _B.unary_op = unary_op
-    _B.cast_impl = cast_impl
-    _B.create_fp_to_fp = create_fp_to_fp
+    for name, fix in _FIXES.items():
+        setattr(_B, name, fix)
     APPLIED = True
     return True
 
@@ -129,7 +127,7 @@ def check_dtypes(kernel, kwargs: dict) -> None:
         return
     bad = sorted({str(v.dtype) for v in kwargs.values() if isinstance(v, torch.Tensor) and v.dtype in _UNFIXED})
     if bad:
-        name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")
+        name = getattr(kernel, "__name__", "kernel")
         raise NotImplementedError(
             f"{name}: {', '.join(bad)} tensors under Triton's CPU interpreter need pyflashinfer's interpreter "
             f"fix, written for triton {SUPPORTED_TRITON}x; this is triton {triton.__version__}. "
